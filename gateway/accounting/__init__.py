@@ -1,0 +1,3 @@
+"""Accounting: token counts, prices, and the batched usage ledger."""
+
+from __future__ import annotations

@@ -1,0 +1,145 @@
+"""Stage 9's durable half: usage records queued in memory and written to Postgres in batches.
+
+1. `record()` only appends to an in-memory batch: it never waits and never touches the network,
+   so a response is never delayed by the ledger.
+2. A lifespan-owned task (`run`) writes whatever is pending every `flush_interval` seconds as one
+   multi-row `INSERT … SELECT FROM unnest(…)`, `ON CONFLICT DO NOTHING` on (request_id, created_at),
+   so a batch retried after an unclear failure is never counted twice.
+3. A failed batch goes back to the front of the queue and is retried; `close()` (SIGTERM, after
+   the server has drained) flushes everything still pending before the process exits.
+4. The ledger is append-only and partitioned by month; `ensure_partitions` keeps the next
+   months' partitions made ahead of time, and retention drops whole partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+
+_log = logging.getLogger(__name__)
+
+_INSERT = """
+INSERT INTO usage_records (
+    request_id, created_at, tenant_id, key_id, model, served_model, deployment, provider, route, stream,
+    prompt_tokens, completion_tokens, cached_tokens, cost_usd, outcome, truncated, usage_source, duration_ms
+)
+SELECT * FROM unnest(
+    $1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
+    $9::text[], $10::bool[], $11::int[], $12::int[], $13::int[], $14::numeric[], $15::text[], $16::bool[],
+    $17::text[], $18::int[]
+)
+ON CONFLICT (request_id, created_at) DO NOTHING
+"""
+_COLUMNS = 18
+
+
+class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One served request in the ledger (never prompt or completion text)."""
+
+    request_id: str
+    created_at: dt.datetime
+    tenant_id: str
+    key_id: str | None
+    model: str
+    served_model: str
+    deployment: str
+    provider: str
+    route: str
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: Decimal
+    outcome: str
+    truncated: bool
+    usage_source: str
+    duration_ms: int
+
+
+def _columns(records: list[UsageRecord]) -> list[list[object]]:
+    columns: list[list[object]] = [[] for _ in range(_COLUMNS)]
+    for r in records:
+        row: tuple[object, ...] = (
+            uuid.UUID(r.request_id), r.created_at, uuid.UUID(r.tenant_id),
+            uuid.UUID(r.key_id) if r.key_id else None, r.model, r.served_model, r.deployment, r.provider,
+            r.route, r.stream, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cost_usd, r.outcome,
+            r.truncated, r.usage_source, r.duration_ms,
+        )  # fmt: skip
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
+
+
+class Ledger:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        flush_interval: float = 0.2,
+        batch_size: int = 2000,
+        on_flush: Callable[[int], None] = lambda n: None,
+        on_error: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._pool = pool
+        self._flush_interval = flush_interval
+        self._batch_size = batch_size
+        self._pending: list[UsageRecord] = []
+        self._on_flush = on_flush
+        self._on_error = on_error
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, record: UsageRecord) -> None:
+        self._pending.append(record)
+
+    async def ensure_partitions(self) -> None:
+        await self._pool.execute("SELECT sluice_ensure_usage_partitions((now() AT TIME ZONE 'UTC')::date, 3)")
+
+    async def run(self) -> None:
+        """Flush on a timer until cancelled; make partitions ahead once a day."""
+        last_partition_check = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(self._flush_interval)
+            await self.flush()
+            now = asyncio.get_running_loop().time()
+            if now - last_partition_check > 86_400:
+                last_partition_check = now
+                try:
+                    await self.ensure_partitions()
+                except (OSError, asyncpg.PostgresError) as exc:
+                    _log.warning("could not make usage partitions ahead: %s", exc)
+
+    async def flush(self) -> bool:
+        """Write everything pending; False if some of it could not be written (it stays queued)."""
+        async with self._lock:
+            while self._pending:
+                batch = self._pending[: self._batch_size]
+                del self._pending[: len(batch)]
+                try:
+                    await self._pool.execute(_INSERT, *_columns(batch))
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    self._pending[:0] = batch
+                    self._on_error()
+                    _log.warning("usage batch of %d not written yet: %s", len(batch), type(exc).__name__)
+                    return False
+                self._on_flush(len(batch))
+        return True
+
+    async def close(self, deadline_s: float = 10.0) -> None:
+        """Flush everything still pending, retrying until the deadline."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while not await self.flush() and loop.time() < end:  # noqa: ASYNC110  # polling Postgres, no event to await
+            await asyncio.sleep(0.2)
+        if self._pending:
+            _log.error("%d usage records could not be written before shutdown", len(self._pending))

@@ -1,0 +1,165 @@
+"""`/admin`: tenants, keys, quotas and usage for operators, behind the admin token (a guard, off the hot path)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+
+from litestar import Router, delete, get, patch, post, put
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.handlers.base import BaseRouteHandler
+
+from gateway.accounting.usage import month_start, usage_summary
+from gateway.errors import AuthenticationError, InvalidRequestError
+from gateway.runtime import Runtime
+from gateway.schema.admin import (
+    KeyCreated,
+    KeyIn,
+    KeyList,
+    KeyOut,
+    QuotaIn,
+    TenantIn,
+    TenantList,
+    TenantOut,
+    TenantPatch,
+    UsageOut,
+)
+from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantId
+
+
+def require_admin(connection: ASGIConnection[BaseRouteHandler, None, None, State], _: BaseRouteHandler) -> None:
+    """Only the admin token opens `/admin`; tenant keys and missing tokens get 401."""
+    runtime: Runtime = connection.app.state.runtime
+    header = connection.headers.get("authorization", "")
+    token = header[len("Bearer ") :] if header.startswith("Bearer ") else ""
+    expected = runtime.admin_token
+    if expected is None or not token or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise AuthenticationError("This route needs the admin token.", code="invalid_admin_token")
+
+
+def _rt(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def _tenant_out(tenant: Tenant) -> TenantOut:
+    return TenantOut(id=tenant.id, name=tenant.name, created_at=tenant.created_at, quota=tenant.quota)
+
+
+def _key_out(key: ApiKey) -> KeyOut:
+    return KeyOut(
+        id=key.id,
+        tenant_id=key.tenant_id,
+        prefix=key.prefix,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+@post("/tenants", status_code=201)
+async def create_tenant(data: TenantIn, state: State) -> TenantOut:
+    quota = data.quota.to_quota() if data.quota else Quota()
+    return _tenant_out(await _rt(state).store.create_tenant(data.name, quota))
+
+
+@get("/tenants")
+async def list_tenants(state: State) -> TenantList:
+    return TenantList(data=[_tenant_out(t) for t in await _rt(state).store.list_tenants()])
+
+
+@get("/tenants/{tenant_id:str}")
+async def get_tenant(tenant_id: str, state: State) -> TenantOut:
+    return _tenant_out(await _rt(state).store.get_tenant(TenantId(tenant_id)))
+
+
+@patch("/tenants/{tenant_id:str}")
+async def patch_tenant(tenant_id: str, data: TenantPatch, state: State) -> TenantOut:
+    return _tenant_out(await _rt(state).store.rename_tenant(TenantId(tenant_id), data.name))
+
+
+@delete("/tenants/{tenant_id:str}", status_code=204)
+async def delete_tenant(tenant_id: str, state: State) -> None:
+    rt = _rt(state)
+    await rt.store.delete_tenant(TenantId(tenant_id))
+    await rt.authenticator.announce_change()
+
+
+@post("/tenants/{tenant_id:str}/keys", status_code=201)
+async def create_key(tenant_id: str, state: State, data: KeyIn | None = None) -> KeyCreated:
+    rt = _rt(state)
+    expires_at = data.expires_at if data else None
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidRequestError("`expires_at` needs a time zone (e.g. `Z`).", param="expires_at")
+    key, issued = await rt.store.create_key(TenantId(tenant_id), rt.authenticator.hasher, expires_at)
+    return KeyCreated(
+        id=key.id,
+        tenant_id=key.tenant_id,
+        prefix=key.prefix,
+        key=issued.plaintext,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+    )
+
+
+@get("/tenants/{tenant_id:str}/keys")
+async def list_keys(tenant_id: str, state: State) -> KeyList:
+    rt = _rt(state)
+    await rt.store.get_tenant(TenantId(tenant_id))
+    return KeyList(data=[_key_out(k) for k in await rt.store.list_keys(TenantId(tenant_id))])
+
+
+@delete("/keys/{key_id:str}", status_code=200)
+async def revoke_key(key_id: str, state: State) -> KeyOut:
+    rt = _rt(state)
+    key = await rt.store.revoke_key(KeyId(key_id))
+    await rt.authenticator.announce_change()
+    return _key_out(key)
+
+
+@get("/tenants/{tenant_id:str}/quota")
+async def get_quota(tenant_id: str, state: State) -> Quota:
+    return (await _rt(state).store.get_tenant(TenantId(tenant_id))).quota
+
+
+@put("/tenants/{tenant_id:str}/quota")
+async def put_quota(tenant_id: str, data: QuotaIn, state: State) -> Quota:
+    rt = _rt(state)
+    tenant = await rt.store.put_quota(TenantId(tenant_id), data.to_quota())
+    await rt.authenticator.announce_change()
+    return tenant.quota
+
+
+@get("/tenants/{tenant_id:str}/usage")
+async def tenant_usage(
+    tenant_id: str, state: State, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> UsageOut:
+    rt = _rt(state)
+    tenant = await rt.store.get_tenant(TenantId(tenant_id))
+    now = dt.datetime.now(dt.UTC)
+    until = until or now
+    since = since or month_start(now)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise InvalidRequestError("`since` and `until` need a time zone (e.g. `Z`).", param="since")
+    return await usage_summary(rt.pool, tenant.id, since, until)
+
+
+admin_router = Router(
+    path="/admin",
+    guards=[require_admin],
+    route_handlers=[
+        create_tenant,
+        list_tenants,
+        get_tenant,
+        patch_tenant,
+        delete_tenant,
+        create_key,
+        list_keys,
+        revoke_key,
+        get_quota,
+        put_quota,
+        tenant_usage,
+    ],
+    tags=["admin"],
+)

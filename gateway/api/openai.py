@@ -1,0 +1,68 @@
+"""`/v1`: the OpenAI-compatible tenant API. Handlers are thin; the pipeline does the work."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+
+from gateway.accounting.usage import month_start, usage_summary
+from gateway.context import RequestContext
+from gateway.errors import error_body, to_gateway_error
+from gateway.pipeline.account import finish
+from gateway.pipeline.chat import authenticate, run_chat
+from gateway.runtime import Runtime
+from gateway.schema.openai import ModelCard, ModelList
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def error_response(exc: BaseException, ctx: RequestContext) -> Response[bytes]:
+    error = to_gateway_error(exc)
+    ctx.outcome = error.outcome
+    return Response(error_body(error), status_code=error.status, media_type="application/json", headers=error.headers)
+
+
+@post("/v1/chat/completions", status_code=200, summary="Create a chat completion", request_class=Request)
+async def chat_completions(request: Request[None, None, State], state: State) -> Response[Any]:
+    """OpenAI `createChatCompletion`, non-streaming or SSE streaming."""
+    rt = _runtime(state)
+    ctx = RequestContext(request.scope["state"]["request_id"])
+    try:
+        body = await request.body()
+        return await run_chat(rt, ctx, body, request.headers.get("authorization"))
+    except Exception as exc:  # noqa: BLE001  # the /v1 error boundary: every failure becomes an OpenAI error, accounted
+        response = error_response(exc, ctx)
+        finish(rt, ctx)
+        return response
+
+
+@get("/v1/models", summary="List the models this key may call")
+async def list_models(request: Request[None, None, State], state: State) -> Response[bytes]:
+    rt = _runtime(state)
+    ctx = RequestContext(request.scope["state"]["request_id"])
+    try:
+        await authenticate(rt, request.headers.get("authorization"))
+    except Exception as exc:  # noqa: BLE001  # same error boundary as chat completions
+        return error_response(exc, ctx)
+    cards = [ModelCard(id=name, created=rt.created, owned_by="sluice") for name in rt.routes]
+    return Response(msgspec.json.encode(ModelList(data=cards)), media_type="application/json")
+
+
+@get("/v1/usage", summary="The calling tenant's own usage this month")
+async def own_usage(request: Request[None, None, State], state: State) -> Response[bytes]:
+    rt = _runtime(state)
+    ctx = RequestContext(request.scope["state"]["request_id"])
+    try:
+        tenant = await authenticate(rt, request.headers.get("authorization"))
+    except Exception as exc:  # noqa: BLE001  # same error boundary as chat completions
+        return error_response(exc, ctx)
+    now = dt.datetime.now(dt.UTC)
+    summary = await usage_summary(rt.pool, tenant.tenant_id, month_start(now), now)
+    return Response(msgspec.json.encode(summary), media_type="application/json")

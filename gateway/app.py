@@ -1,0 +1,146 @@
+"""`create_app(settings, config)`: the Litestar app — routes, lifespan, and the one error handler.
+
+Parsed configuration becomes runtime objects here, once (providers, prices, routes); the lifespan
+opens the Postgres pool, the Redis client and the background tasks, and closes them in reverse order,
+flushing the usage ledger last so nothing served goes unrecorded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import asyncpg
+import redis.asyncio as aioredis
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from prometheus_client import CollectorRegistry
+
+from gateway.accounting.ledger import Ledger
+from gateway.accounting.pricing import FREE
+from gateway.accounting.tokens import warm_up
+from gateway.api.admin import admin_router
+from gateway.api.middleware import RequestIdMiddleware
+from gateway.api.openai import chat_completions, list_models, own_usage
+from gateway.api.ops import healthz, metrics, readyz
+from gateway.errors import error_body, to_gateway_error
+from gateway.observability.metrics import LabelBounds, Metrics
+from gateway.providers.registry import build_providers
+from gateway.runtime import ResolvedRoute, Runtime
+from gateway.settings import FileConfig, Settings
+from gateway.supervisor import Supervisor
+from quota.limiter import Limiter
+from tenants.auth import Authenticator
+from tenants.keys import KeyHasher
+from tenants.store import TenantStore
+
+__version__ = "0.1.0"
+
+
+def _error_handler(_: Request[None, None, State], exc: Exception) -> Response[bytes]:
+    """The one mapping of framework errors (unknown route, 405, 413, validation) to OpenAI error bodies."""
+    error = to_gateway_error(exc)
+    return Response(error_body(error), status_code=error.status, media_type="application/json", headers=error.headers)
+
+
+def create_app(
+    settings: Settings,
+    config: FileConfig,
+    environ: Mapping[str, str],
+    *,
+    multiprocess_dir: str | None = None,
+    processes: int = 1,
+) -> Litestar:
+    if settings.database_url is None or settings.redis_url is None:
+        raise ValueError("create_app needs database and redis URLs (the CLI starts embedded servers first)")
+    database_url, redis_url = settings.database_url, settings.redis_url
+    peppers = settings.peppers()
+    if not peppers:
+        raise ValueError("a key pepper is required (SLUICE_KEY_PEPPER)")
+    hasher = KeyHasher(peppers)
+    registry = CollectorRegistry(auto_describe=True)
+    metrics_ = Metrics(registry, LabelBounds(m.name for m in config.models))
+    prices = config.prices
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        warm_up()
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=10)
+        redis = aioredis.Redis.from_url(
+            redis_url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=10, max_connections=512
+        )
+        providers = build_providers(config, environ)
+        routes = {
+            alias.name: ResolvedRoute(
+                alias=alias.name,
+                policy=str(type(alias.route).__struct_config__.tag),
+                provider=providers[alias.route.deployment],
+                price=prices.get(alias.route.deployment, FREE),
+                max_context_tokens=next(
+                    d.max_context_tokens for d in config.deployments if d.name == alias.route.deployment
+                ),
+            )
+            for alias in config.models
+        }
+        store = TenantStore(pool)
+        authenticator = Authenticator(store, hasher, redis, ttl=settings.auth_cache_ttl_s)
+        ledger = Ledger(
+            pool,
+            flush_interval=settings.ledger_flush_interval_s,
+            on_flush=metrics_.ledger_written.inc,
+            on_error=metrics_.ledger_errors.inc,
+        )
+        await ledger.ensure_partitions()
+        limiter = Limiter(
+            redis,
+            timeout_s=settings.admission_timeout_ms / 1000,
+            processes=processes,
+            on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
+        )
+        runtime = Runtime(
+            pool=pool,
+            redis=redis,
+            store=store,
+            authenticator=authenticator,
+            limiter=limiter,
+            ledger=ledger,
+            metrics=metrics_,
+            registry=registry,
+            multiprocess_dir=multiprocess_dir,
+            routes=routes,
+            limits=config.limits,
+            created=int(time.time()),
+            admin_token=settings.admin_token,
+        )
+        app.state.runtime = runtime
+        supervisor = Supervisor()
+        supervisor.start("auth-invalidation", authenticator.run)
+        supervisor.start("ledger-writer", ledger.run)
+        try:
+            yield
+        finally:
+            runtime.draining = True
+            await supervisor.stop()
+            await ledger.close()
+            for provider in providers.values():
+                await provider.aclose()
+            await redis.aclose()
+            await pool.close()
+
+    return Litestar(
+        route_handlers=[chat_completions, list_models, own_usage, admin_router, healthz, readyz, metrics],
+        lifespan=[lifespan],
+        middleware=[RequestIdMiddleware()],
+        exception_handlers={Exception: _error_handler},
+        request_max_body_size=config.limits.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Sluice",
+            version=__version__,
+            path="/schema",
+            render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )

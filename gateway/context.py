@@ -1,0 +1,62 @@
+"""`RequestContext`: what the `account` stage and the request log need at the end of a request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+
+from gateway.accounting.pricing import TokenUsage
+from tenants.models import TenantContext
+
+
+class RequestContext:
+    """Filled in as the request moves forward; read once, by `account`."""
+
+    __slots__ = (
+        "cache",
+        "cost",
+        "deployment",
+        "model",
+        "outcome",
+        "provider",
+        "request_id",
+        "route",
+        "served_model",
+        "started_ns",
+        "stream",
+        "tenant",
+        "timings",
+        "truncated",
+        "usage",
+    )
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.started_ns = time.perf_counter_ns()
+        self.tenant: TenantContext | None = None
+        self.model: str | None = None
+        self.served_model: str | None = None
+        self.deployment: str | None = None
+        self.provider: str | None = None
+        self.route = "none"
+        self.cache = "bypass"
+        self.stream = False
+        self.usage: TokenUsage | None = None
+        self.cost: Decimal | None = None
+        self.outcome = "ok"
+        self.truncated = False
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the time spent in the block to `timings[stage]`, in seconds."""
+        start = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter_ns() - start) / 1e9
+
+    def elapsed(self) -> float:
+        return (time.perf_counter_ns() - self.started_ns) / 1e9

@@ -1,0 +1,74 @@
+"""Stage 9, account: cost, metrics, ledger record and the request's log line, all from one context.
+
+Synchronous on purpose: it runs in a stream's `finally`, where a cancelled generator cannot await.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from gateway.accounting.ledger import UsageRecord
+from gateway.accounting.pricing import TokenUsage, cost_usd
+from gateway.context import RequestContext
+from gateway.observability.logging import request_logger
+from gateway.runtime import ResolvedRoute, Runtime
+
+
+def charge(rt: Runtime, ctx: RequestContext, resolved: ResolvedRoute, usage: TokenUsage, source: str) -> None:
+    """Price the call and write its usage record (queued; the ledger writes it in a batch)."""
+    assert ctx.tenant is not None
+    cost = cost_usd(usage, resolved.price)
+    ctx.usage, ctx.cost = usage, cost
+    rt.metrics.observe_charge(
+        ctx.tenant.tenant_id, resolved.alias, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, cost
+    )
+    rt.ledger.record(
+        UsageRecord(
+            request_id=ctx.request_id,
+            created_at=dt.datetime.now(dt.UTC),
+            tenant_id=ctx.tenant.tenant_id,
+            key_id=ctx.tenant.key_id,
+            model=resolved.alias,
+            served_model=resolved.provider.model,
+            deployment=resolved.provider.deployment,
+            provider=resolved.provider.kind,
+            route=ctx.route,
+            stream=ctx.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=cost,
+            outcome=ctx.outcome,
+            truncated=ctx.truncated,
+            usage_source=source,
+            duration_ms=round(ctx.elapsed() * 1000),
+        )
+    )
+
+
+def finish(rt: Runtime, ctx: RequestContext) -> None:
+    """Count the request and write its one log line (no key, no prompt, no completion)."""
+    seconds = ctx.elapsed()
+    tenant_id = ctx.tenant.tenant_id if ctx.tenant else None
+    rt.metrics.observe_request(tenant_id, ctx.model, ctx.outcome, seconds)
+    if ctx.outcome in ("rate_limited", "budget_exceeded", "queue_timeout"):
+        rt.metrics.quota_rejections.labels(rt.metrics.bounds.tenant(tenant_id), ctx.outcome).inc()
+    usage = ctx.usage
+    request_logger().info(
+        "request",
+        request_id=ctx.request_id,
+        tenant=tenant_id,
+        key_prefix=ctx.tenant.key_prefix if ctx.tenant else None,
+        model=ctx.model,
+        served_model=ctx.served_model,
+        route=ctx.route,
+        cache=ctx.cache,
+        stream=ctx.stream,
+        prompt_tokens=usage.prompt_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage else None,
+        cost_usd=str(ctx.cost) if ctx.cost is not None else None,
+        outcome=ctx.outcome,
+        truncated=ctx.truncated,
+        duration_ms=round(seconds * 1000, 3),
+        stages_ms={stage: round(value * 1000, 3) for stage, value in ctx.timings.items()},
+    )

@@ -1,0 +1,37 @@
+"""Stage 7, call upstream (non-streaming): the upstream's body passes through byte for byte."""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.accounting.pricing import TokenUsage
+from gateway.accounting.tokens import count_prompt, count_text
+from gateway.providers.base import Provider, UpstreamCall, UpstreamProtocolError
+from gateway.schema.openai import ChatRequest, CompletionView, Usage, completion_view_decoder
+
+
+def usage_from(usage: Usage) -> TokenUsage:
+    """Upstream-reported usage, clamped to sane values (negative counts are upstream bugs)."""
+    details = usage.prompt_tokens_details
+    return TokenUsage(
+        prompt_tokens=max(0, usage.prompt_tokens),
+        completion_tokens=max(0, usage.completion_tokens),
+        cached_tokens=max(0, details.cached_tokens or 0) if details else 0,
+    )
+
+
+async def call(provider: Provider, call: UpstreamCall) -> tuple[bytes, TokenUsage, str]:
+    """The upstream's body, the usage to charge, and where that usage came from (`upstream`/`counted`)."""
+    body = await provider.complete(call)
+    try:
+        view = completion_view_decoder.decode(body)
+    except msgspec.MsgspecError:
+        raise UpstreamProtocolError("the upstream's answer is not a chat completion") from None
+    if view.usage is not None:
+        return body, usage_from(view.usage), "upstream"
+    return body, _counted(call.request, view), "counted"
+
+
+def _counted(request: ChatRequest, view: CompletionView) -> TokenUsage:
+    text = "".join(choice.message.content or "" for choice in view.choices or () if choice.message)
+    return TokenUsage(prompt_tokens=count_prompt(request), completion_tokens=count_text(text))

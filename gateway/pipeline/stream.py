@@ -1,0 +1,103 @@
+"""Stage 7 for streams: relay upstream SSE to the client, meter it, and never end a broken stream cleanly.
+
+1. The first upstream event is awaited before the response starts, so a failure to connect or an
+   immediate upstream error is still an ordinary HTTP error (502/504), not a broken stream.
+2. Every payload is relayed as `data: …` as soon as it arrives; its usage (or, when the upstream
+   reports none, its text, counted with tiktoken at the end) is metered on the way.
+3. The usage chunk the gateway asked for is dropped when the client did not ask for it.
+4. The relay ends with `[DONE]` only after the upstream's own `[DONE]`; a truncated or failed
+   upstream stream ends with a terminal error event the SDKs raise as `APIError`.
+5. `finally` charges what was delivered and accounts the request on every exit path, including
+   the client going away (cancellation), where nothing may be awaited before accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import msgspec
+
+from gateway.accounting.pricing import TokenUsage
+from gateway.accounting.tokens import count_prompt, count_text
+from gateway.errors import from_upstream, sse_error_frame
+from gateway.pipeline.call import usage_from
+from gateway.providers.base import UpstreamError
+from gateway.schema.openai import ChatRequest, chunk_view_decoder
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+class StreamMeter:
+    """Counts what a stream delivered: upstream usage when reported, else the text, tokenized at the end."""
+
+    def __init__(self, request: ChatRequest) -> None:
+        self._request = request
+        self._client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+        self._parts: list[str] = []
+        self.reported: TokenUsage | None = None
+
+    def frame(self, payload: bytes) -> bytes | None:
+        """The SSE frame to send for one upstream payload, or None to drop it."""
+        try:
+            chunk = chunk_view_decoder.decode(payload)
+        except msgspec.MsgspecError:
+            return b"data: " + payload + b"\n\n"
+        for choice in chunk.choices or ():
+            delta = choice.delta
+            if delta is None:
+                continue
+            if delta.content:
+                self._parts.append(delta.content)
+            for tool_call in delta.tool_calls or ():
+                if tool_call.function is not None:
+                    self._parts.append((tool_call.function.name or "") + (tool_call.function.arguments or ""))
+        if chunk.usage is not None:
+            self.reported = usage_from(chunk.usage)
+            if not chunk.choices and not self._client_wants_usage:
+                return None
+        return b"data: " + payload + b"\n\n"
+
+    def usage(self) -> tuple[TokenUsage, str]:
+        if self.reported is not None:
+            return self.reported, "upstream"
+        completion = count_text("".join(self._parts))
+        return TokenUsage(prompt_tokens=count_prompt(self._request), completion_tokens=completion), "counted"
+
+
+async def open_stream(stream: AsyncIterator[bytes]) -> bytes | None:
+    """Wait for the first upstream payload (None: the upstream finished without sending any)."""
+    try:
+        return await anext(stream)
+    except StopAsyncIteration:
+        return None
+
+
+async def relay(
+    first: bytes | None,
+    upstream: AsyncIterator[bytes],
+    meter: StreamMeter,
+    on_error: Callable[[UpstreamError], None],
+    on_end: Callable[[bool], None],
+) -> AsyncIterator[bytes]:
+    """SSE frames for the client; `on_end(delivered_done)` runs exactly once, on every exit path."""
+    done = False
+    try:
+        if first is not None:
+            frame = meter.frame(first)
+            if frame is not None:
+                yield frame
+            async for payload in upstream:
+                frame = meter.frame(payload)
+                if frame is not None:
+                    yield frame
+        done = True
+        yield DONE_FRAME
+    except UpstreamError as exc:
+        on_error(exc)
+        yield sse_error_frame(from_upstream(exc))
+    finally:
+        on_end(done)
+        with contextlib.suppress(UpstreamError, RuntimeError, asyncio.CancelledError):
+            await upstream.aclose()  # type: ignore[attr-defined]  # provider streams are async generators

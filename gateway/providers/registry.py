@@ -1,0 +1,20 @@
+"""`sluice.toml` deployments → `Provider` instances, built once at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gateway.providers.base import Provider
+from gateway.providers.openai_compat import OpenAICompatProvider
+from gateway.providers.simulator import Simulator
+from gateway.settings import FileConfig, OpenAIDeployment, SimulatorDeployment, upstream_api_key
+
+
+def build_providers(config: FileConfig, environ: Mapping[str, str]) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for deployment in config.deployments:
+        if isinstance(deployment, OpenAIDeployment):
+            providers[deployment.name] = OpenAICompatProvider(deployment, upstream_api_key(deployment, environ))
+        elif isinstance(deployment, SimulatorDeployment):
+            providers[deployment.name] = Simulator(deployment)
+    return providers

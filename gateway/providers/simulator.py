@@ -1,0 +1,360 @@
+"""The simulator: a deterministic model stand-in for demos, benchmarks and evaluation, behind the `Provider` seam.
+
+Answers are words drawn by a blake2b hash of the prompt messages, so the same prompt always gets the same
+answer, and every word is one cl100k token, so the reported usage is exactly what tiktoken counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Final, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from gateway.accounting.tokens import count_prompt, count_text
+from gateway.providers.base import UpstreamCall, UpstreamStatusError
+from gateway.schema.openai import ChatRequest
+from gateway.settings import SimulatorDeployment
+
+VOCABULARY: Final = (
+    "the", "of", "and", "to", "in", "is", "that", "for", "with", "on", "from", "by", "at", "as", "it", "this",
+    "water", "light", "world", "time", "work", "life", "place", "point", "open", "small", "great", "new",
+    "long", "good", "still", "way",
+)  # fmt: skip
+"""Words that are each one cl100k token, with a leading space and capitalised (tested)."""
+_WORD_MASK: Final = len(VOCABULARY) - 1  # 32 words: a byte masked to 5 bits picks one without bias
+_TOOL_ARGUMENTS: Final = "{}"
+
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+# --- wire shapes (ECOSYSTEM §1.3); msgspec writes fields in declaration order, OpenAI's order ------
+
+
+class _TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class _TokenLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[_TopLogprob]
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[_TokenLogprob]
+    refusal: None = None
+
+
+class _Function(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class _ToolCall(msgspec.Struct, kw_only=True):
+    id: str
+    type: str = "function"
+    function: _Function
+
+
+class _Message(msgspec.Struct, kw_only=True):
+    role: str = "assistant"
+    content: str | None
+    refusal: None = None
+    tool_calls: list[_ToolCall] | UnsetType = UNSET
+
+
+class _Choice(msgspec.Struct):
+    index: int
+    message: _Message
+    logprobs: _Logprobs | None
+    finish_reason: FinishReason
+
+
+class _PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+
+
+class _CompletionTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: _PromptTokensDetails = msgspec.field(default_factory=_PromptTokensDetails)
+    completion_tokens_details: _CompletionTokensDetails = msgspec.field(default_factory=_CompletionTokensDetails)
+
+
+class _Completion(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[_Choice]
+    usage: _Usage
+
+
+class _FunctionDelta(msgspec.Struct, kw_only=True):
+    name: str | UnsetType = UNSET
+    arguments: str
+
+
+class _ToolCallDelta(msgspec.Struct, kw_only=True):
+    index: int
+    id: str | UnsetType = UNSET
+    type: str | UnsetType = UNSET
+    function: _FunctionDelta
+
+
+class _Delta(msgspec.Struct):
+    role: str | UnsetType = UNSET
+    content: str | UnsetType | None = UNSET
+    tool_calls: list[_ToolCallDelta] | UnsetType = UNSET
+
+
+class _ChunkChoice(msgspec.Struct):
+    index: int
+    delta: _Delta
+    logprobs: _Logprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class _Chunk(msgspec.Struct, kw_only=True):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[_ChunkChoice]
+    usage: _Usage | UnsetType | None = UNSET
+    """`null` on every chunk, and the totals on the last, only when `include_usage` was asked for."""
+
+
+_encoder: Final = msgspec.json.Encoder()
+
+
+class _Answer(msgspec.Struct):
+    """One choice, before it is laid out as a body or a stream."""
+
+    tokens: list[str]
+    """Text tokens; empty for a tool call."""
+    logprobs: list[_TokenLogprob] | None
+    tool_call: _ToolCall | None
+    finish_reason: FinishReason
+    completion_tokens: int
+
+
+class Simulator:
+    """A `Provider` that answers from a hash of the prompt instead of calling anything."""
+
+    def __init__(self, deployment: SimulatorDeployment) -> None:
+        self._config = deployment
+        self._options = deployment.simulator
+
+    @property
+    def deployment(self) -> str:
+        return self._config.name
+
+    @property
+    def kind(self) -> str:
+        return "simulator"
+
+    @property
+    def model(self) -> str:
+        return self._config.model
+
+    async def complete(self, call: UpstreamCall) -> bytes:
+        prompt_tokens, answers = self._answer(call)
+        await _sleep_ms(self._options.latency_ms)
+        choices = [
+            _Choice(
+                index=index,
+                message=_Message(
+                    content=None if answer.tool_call else "".join(answer.tokens),
+                    tool_calls=[answer.tool_call] if answer.tool_call else UNSET,
+                ),
+                logprobs=_Logprobs(answer.logprobs) if answer.logprobs is not None else None,
+                finish_reason=answer.finish_reason,
+            )
+            for index, answer in enumerate(answers)
+        ]
+        body = _Completion(
+            id=_completion_id(call.request_id),
+            created=int(time.time()),
+            model=self._config.model,
+            choices=choices,
+            usage=_usage(prompt_tokens, answers),
+        )
+        return _encoder.encode(body)
+
+    async def stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
+        prompt_tokens, answers = self._answer(call)
+        include_usage = _include_usage(call)
+        head = _Chunk(
+            id=_completion_id(call.request_id),
+            created=int(time.time()),
+            model=self._config.model,
+            choices=[],
+            usage=None if include_usage else UNSET,
+        )
+
+        def chunk(choices: list[_ChunkChoice]) -> bytes:
+            head.choices = choices
+            return _encoder.encode(head)
+
+        await _sleep_ms(self._options.latency_ms)
+        for index, answer in enumerate(answers):
+            if answer.tool_call is None:
+                delta = _Delta(role="assistant", content="")
+            else:
+                function = _FunctionDelta(name=answer.tool_call.function.name, arguments="")
+                call_delta = _ToolCallDelta(index=0, id=answer.tool_call.id, type="function", function=function)
+                delta = _Delta(role="assistant", content=None, tool_calls=[call_delta])
+            yield chunk([_ChunkChoice(index=index, delta=delta)])
+        steps = max(len(answer.tokens) or 1 for answer in answers)
+        for step in range(steps):
+            if step:
+                await _sleep_ms(self._options.token_interval_ms)
+            for index, answer in enumerate(answers):
+                if answer.tool_call is not None:
+                    if step == 0:
+                        arguments = _FunctionDelta(arguments=answer.tool_call.function.arguments)
+                        delta = _Delta(tool_calls=[_ToolCallDelta(index=0, function=arguments)])
+                        yield chunk([_ChunkChoice(index=index, delta=delta)])
+                elif step < len(answer.tokens):
+                    logprobs = _Logprobs([answer.logprobs[step]]) if answer.logprobs is not None else None
+                    delta = _Delta(content=answer.tokens[step])
+                    yield chunk([_ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+        for index, answer in enumerate(answers):
+            yield chunk([_ChunkChoice(index=index, delta=_Delta(), finish_reason=answer.finish_reason)])
+        if include_usage:
+            head.usage = _usage(prompt_tokens, answers)
+            yield chunk([])
+
+    async def aclose(self) -> None:
+        return None
+
+    def _answer(self, call: UpstreamCall) -> tuple[int, list[_Answer]]:
+        """Prompt tokens and every choice's answer; a prompt over the context window is refused like OpenAI does."""
+        request = call.request
+        prompt_tokens = count_prompt(request)
+        window = self._options.context_window
+        limit = request.completion_limit
+        if prompt_tokens + (limit or 0) > window or prompt_tokens >= window:
+            raise UpstreamStatusError(
+                f"This model's maximum context length is {window} tokens. However, you requested "
+                f"{prompt_tokens + (limit or 0)} tokens ({prompt_tokens} in the messages, {limit or 0} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                status=400,
+            )
+        length = min(self._options.completion_tokens, limit or window - prompt_tokens)
+        finish: FinishReason = "length" if length < self._options.completion_tokens else "stop"
+        tool_name = _forced_tool(call)
+        top = (request.top_logprobs or 0) if request.logprobs else None
+        seed = hashlib.blake2b(_encoder.encode(request.messages), digest_size=32).digest()
+        answers: list[_Answer] = []
+        for index in range(request.n or 1):
+            if tool_name is not None:
+                tool_call = _ToolCall(
+                    id=f"call_{_hex(f'{call.request_id}/call/{index}')}",
+                    function=_Function(name=tool_name, arguments=_TOOL_ARGUMENTS),
+                )
+                tokens_used = count_text(tool_name) + count_text(_TOOL_ARGUMENTS)
+                answers.append(_Answer([], None, tool_call, "tool_calls", tokens_used))
+            else:
+                tokens, logprobs = _text(seed + index.to_bytes(2, "little"), length, top)
+                answers.append(_Answer(tokens, logprobs, None, finish, length))
+        return prompt_tokens, answers
+
+
+def _text(seed: bytes, length: int, top: int | None) -> tuple[list[str], list[_TokenLogprob] | None]:
+    """`length` word tokens (the first capitalised, the rest with a leading space) and, if `top` is set, logprobs."""
+    draws = _draws(seed)
+    tokens: list[str] = []
+    logprobs: list[_TokenLogprob] | None = [] if top is not None else None
+    for position in range(length):
+        word = next(draws) & _WORD_MASK
+        # A logprob in [-2, 0): cheap, deterministic, and shaped like a confident model's.
+        logprob = -round((next(draws) + 1) / 128, 6)
+        token = _token(word, position)
+        tokens.append(token)
+        if logprobs is not None and top is not None:
+            alternatives = [
+                _TopLogprob(alt, round(logprob - rank * 0.75, 6), list(alt.encode()))
+                for rank, alt in ((rank, _token((word + rank) & _WORD_MASK, position)) for rank in range(top))
+            ]
+            logprobs.append(_TokenLogprob(token, logprob, list(token.encode()), alternatives))
+    return tokens, logprobs
+
+
+def _token(word: int, position: int) -> str:
+    return VOCABULARY[word].capitalize() if position == 0 else " " + VOCABULARY[word]
+
+
+def _draws(seed: bytes) -> Iterator[int]:
+    """An endless deterministic byte stream: blake2b of the seed and a block counter."""
+    block = 0
+    while True:
+        yield from hashlib.blake2b(seed + block.to_bytes(4, "little")).digest()
+        block += 1
+
+
+def _forced_tool(call: UpstreamCall) -> str | None:
+    """The function the request forces (`tool_choice` `required` or a named function), if any."""
+    names = _tool_names(call.request)
+    if not names:
+        return None
+    choice = call.payload.get("tool_choice")
+    if choice == "required":
+        return names[0]
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            name: str = function["name"]
+            return name
+    if isinstance(choice, str) and choice in names:
+        return choice
+    return None
+
+
+def _tool_names(request: ChatRequest) -> list[str]:
+    return [tool.function.name for tool in request.tools or () if tool.function is not None]
+
+
+def _include_usage(call: UpstreamCall) -> bool:
+    # The payload is what an upstream would see (the pipeline forces usage on for metering there).
+    options = call.payload.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return True
+    request_options = call.request.stream_options
+    return bool(request_options is not None and request_options.include_usage)
+
+
+def _usage(prompt_tokens: int, answers: list[_Answer]) -> _Usage:
+    completion_tokens = sum(answer.completion_tokens for answer in answers)
+    return _Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def _completion_id(request_id: str) -> str:
+    return f"chatcmpl-{_hex(request_id)}"
+
+
+def _hex(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+async def _sleep_ms(milliseconds: float) -> None:
+    if milliseconds > 0:
+        await asyncio.sleep(milliseconds / 1000)

@@ -1,0 +1,3 @@
+"""Wire Structs of the public APIs, with their codecs built once at import."""
+
+from __future__ import annotations

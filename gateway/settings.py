@@ -1,0 +1,240 @@
+"""Configuration: `Settings` from `SLUICE_*` environment variables and `FileConfig` from `sluice.toml`.
+
+The environment is read here and nowhere else (`Settings.from_env` takes the mapping), and the file
+is decoded once into frozen Structs; `create_app` turns both into runtime objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Literal, TypeAlias
+
+import msgspec
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
+
+
+class Base(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ConfigError(Exception):
+    """A configuration file or variable is invalid; the message names the file, path and reason."""
+
+
+# --- sluice.toml ------------------------------------------------------------------------------
+
+
+class Timeouts(Base, frozen=True):
+    connect_s: PositiveFloat = 5.0
+    """Seconds to open a connection to the upstream."""
+    first_byte_s: PositiveFloat = 60.0
+    """Seconds until the upstream's response headers arrive."""
+    idle_s: PositiveFloat = 60.0
+    """Seconds the upstream may stay silent mid-body (streams included) before the call is abandoned."""
+
+
+class SimulatorOptions(Base, frozen=True):
+    latency_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Time before the first token."""
+    token_interval_ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    """Time between streamed tokens."""
+    completion_tokens: PositiveInt = 16
+    """Tokens in each answer (fewer if `max_tokens` is smaller)."""
+    context_window: PositiveInt = 128_000
+    """Largest prompt + completion the simulated model accepts."""
+
+
+class OpenAIDeployment(Base, frozen=True, tag="openai", tag_field="kind"):
+    """An OpenAI-compatible upstream (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp, TGI, Groq, …)."""
+
+    name: Name
+    """Deployment name, referenced by models and the price table."""
+    base_url: str
+    """Base URL up to and including `/v1`, e.g. `https://api.openai.com/v1`."""
+    model: str
+    """Model name sent upstream."""
+    api_key_env: str | None = None
+    """Environment variable holding the upstream API key (the key itself never goes in this file)."""
+    max_concurrency: PositiveInt = 256
+    """Calls in flight to this deployment from one gateway process."""
+    timeouts: Timeouts = Timeouts()
+    max_context_tokens: PositiveInt = 128_000
+    """Largest `max_tokens` a request may ask of this deployment."""
+
+
+class SimulatorDeployment(Base, frozen=True, tag="simulator", tag_field="kind"):
+    """The built-in simulator: a deterministic model stand-in for demos, benchmarks and evaluation."""
+
+    name: Name
+    model: str
+    """Model name the simulator reports (`small`, `large`, …)."""
+    max_concurrency: PositiveInt = 1024
+    simulator: SimulatorOptions = SimulatorOptions()
+    max_context_tokens: PositiveInt = 128_000
+
+
+Deployment: TypeAlias = OpenAIDeployment | SimulatorDeployment
+
+
+class FixedRoute(Base, frozen=True, tag="fixed", tag_field="policy"):
+    """Every call goes to one deployment."""
+
+    deployment: Name
+
+
+Route: TypeAlias = FixedRoute
+
+
+class ModelAlias(Base, frozen=True):
+    """A model name tenants call, and the route that serves it."""
+
+    name: Name
+    route: Route
+
+
+class Price(Base, frozen=True):
+    """USD per one million tokens."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    """Price of prompt tokens the upstream served from its prompt cache; defaults to `input`."""
+
+
+class Limits(Base, frozen=True):
+    max_body_bytes: PositiveInt = 10_000_000
+    """Largest request body accepted (413 above it)."""
+    max_messages: PositiveInt = 2048
+    max_tools: PositiveInt = 128
+    max_n: PositiveInt = 8
+    default_max_tokens: PositiveInt = 4096
+    """Completion tokens assumed for a request that sets no `max_tokens` (for reservations)."""
+
+
+class FileConfig(Base, frozen=True):
+    """The whole of `sluice.toml`."""
+
+    deployments: list[Deployment]
+    models: list[ModelAlias]
+    prices: dict[str, Price] = {}
+    """Price per deployment name; a deployment without a price costs 0."""
+    limits: Limits = Limits()
+
+
+# --- environment ------------------------------------------------------------------------------
+
+
+class Settings(Base, frozen=True):
+    """Process settings from `SLUICE_*` variables (DESIGN §4)."""
+
+    database_url: str | None = None
+    """`SLUICE_DATABASE_URL`: `postgresql://…`; unset → embedded Postgres."""
+    redis_url: str | None = None
+    """`SLUICE_REDIS_URL`: `redis://…`; unset → embedded Valkey."""
+    admin_token: str | None = None
+    """`SLUICE_ADMIN_TOKEN`: bearer token for `/admin/*`."""
+    config: str | None = None
+    """`SLUICE_CONFIG`: path of `sluice.toml`; unset → the bundled example (simulator models)."""
+    data_dir: str = ".sluice"
+    """`SLUICE_DATA_DIR`: where embedded servers and generated secrets live."""
+    key_pepper: str | None = None
+    """`SLUICE_KEY_PEPPER`: HMAC pepper for key digests, `secret` or `v:secret[,v:secret…]` (highest v current)."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """`SLUICE_LOG_LEVEL`."""
+    auth_cache_ttl_s: PositiveFloat = 30.0
+    """`SLUICE_AUTH_CACHE_TTL_S`: how long a cached key is trusted without re-reading Postgres."""
+    ledger_flush_interval_s: PositiveFloat = 0.2
+    """`SLUICE_LEDGER_FLUSH_INTERVAL_S`: how often usage records are written in one batch."""
+    drain_timeout_s: PositiveFloat = 30.0
+    """`SLUICE_DRAIN_TIMEOUT_S`: how long SIGTERM waits for in-flight requests."""
+    admission_timeout_ms: PositiveFloat = 100.0
+    """`SLUICE_ADMISSION_TIMEOUT_MS`: how long admission waits for Redis before failing open onto the local
+    limiter (RELIABILITY §6.1 starts at 50 ms; on 2-core hosts event-loop stalls alone reach that under load)."""
+    url: str = "http://127.0.0.1:8080"
+    """`SLUICE_URL`: the gateway the CLI's admin commands talk to."""
+    processes: PositiveInt = 1
+    """`SLUICE_PROCESSES`: gateway processes sharing the quotas (sizes the local fallback limiter); set by `serve`."""
+    metrics_multiproc_dir: str | None = None
+    """`SLUICE_METRICS_MULTIPROC_DIR`: shared metrics directory when `serve --workers N` runs several processes."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values = {
+            name[len("SLUICE_") :].lower(): value
+            for name, value in environ.items()
+            if name.startswith("SLUICE_") and value != "" and name[len("SLUICE_") :].lower() in cls.__struct_fields__
+        }
+        try:
+            return msgspec.convert(values, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"environment: {exc}") from None
+
+    def peppers(self) -> dict[int, bytes]:
+        if self.key_pepper is None:
+            return {}
+        peppers: dict[int, bytes] = {}
+        for part in self.key_pepper.split(","):
+            version, sep, secret = part.partition(":")
+            if sep and version.isdigit():
+                peppers[int(version)] = secret.encode()
+            else:
+                peppers[1] = part.encode()
+        return peppers
+
+
+def upstream_api_key(deployment: OpenAIDeployment, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The deployment's API key from its environment variable (read only here)."""
+    if deployment.api_key_env is None:
+        return None
+    return environ.get(deployment.api_key_env)
+
+
+EXAMPLE_CONFIG = Path(__file__).with_name("sluice.example.toml")
+
+
+def load_file_config(path: str | Path | None) -> FileConfig:
+    """Decode and cross-check `sluice.toml`, raising `ConfigError` naming file, path and reason."""
+    source = Path(path) if path is not None else EXAMPLE_CONFIG
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    try:
+        config = msgspec.toml.decode(data, type=FileConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_path_first(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    _cross_check(source, config)
+    return config
+
+
+def _path_first(message: str) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.deployments[0].max_concurrency`"; lead with the path.
+    reason, sep, where = message.rpartition(" - at ")
+    return f"{where.strip('`')}: {reason}" if sep else message
+
+
+def _cross_check(source: Path, config: FileConfig) -> None:
+    names = [d.name for d in config.deployments]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: $.deployments: deployment names must be unique")
+    aliases = [m.name for m in config.models]
+    if len(set(aliases)) != len(aliases):
+        raise ConfigError(f"{source}: $.models: model names must be unique")
+    for i, alias in enumerate(config.models):
+        if alias.route.deployment not in names:
+            raise ConfigError(
+                f"{source}: $.models[{i}].route.deployment: unknown deployment `{alias.route.deployment}`"
+            )
+    for name, price in config.prices.items():
+        if name not in names:
+            raise ConfigError(f"{source}: $.prices.{name}: unknown deployment `{name}`")
+        if min(price.input, price.output, price.cached_input or 0) < 0:
+            raise ConfigError(f"{source}: $.prices.{name}: prices must not be negative")

@@ -1,0 +1,28 @@
+"""Who is calling: tenants, their API keys (only digests stored), and authentication."""
+
+from __future__ import annotations
+
+from tenants.auth import Authenticator
+from tenants.errors import InvalidKeyError, TenantNotFoundError, TenantsBackendError
+from tenants.keys import IssuedKey, KeyHasher, ParsedKey, issue_key, parse_key
+from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantContext, TenantId
+from tenants.store import TenantStore
+
+__all__ = [
+    "ApiKey",
+    "Authenticator",
+    "InvalidKeyError",
+    "IssuedKey",
+    "KeyHasher",
+    "KeyId",
+    "ParsedKey",
+    "Quota",
+    "Tenant",
+    "TenantContext",
+    "TenantId",
+    "TenantNotFoundError",
+    "TenantStore",
+    "TenantsBackendError",
+    "issue_key",
+    "parse_key",
+]
