@@ -19,11 +19,13 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from prometheus_client import CollectorRegistry
 
+from gateway import drain
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.pricing import FREE
+from gateway.accounting.spend import LedgerSpend
 from gateway.accounting.tokens import warm_up
 from gateway.api.admin import admin_router
-from gateway.api.middleware import RequestIdMiddleware
+from gateway.api.middleware import InputLimitsMiddleware, RequestIdMiddleware
 from gateway.api.openai import chat_completions, list_models, own_usage
 from gateway.api.ops import healthz, metrics, readyz
 from gateway.errors import error_body, to_gateway_error
@@ -53,7 +55,9 @@ def create_app(
     *,
     multiprocess_dir: str | None = None,
     processes: int = 1,
+    drain_on_sigterm: bool = False,
 ) -> Litestar:
+    """The app; `drain_on_sigterm` chains the graceful drain in front of the server's SIGTERM handler."""
     if settings.database_url is None or settings.redis_url is None:
         raise ValueError("create_app needs database and redis URLs (the CLI starts embedded servers first)")
     database_url, redis_url = settings.database_url, settings.redis_url
@@ -96,16 +100,21 @@ def create_app(
         await ledger.ensure_partitions()
         limiter = Limiter(
             redis,
+            LedgerSpend(pool),
             timeout_s=settings.admission_timeout_ms / 1000,
-            processes=processes,
+            reservation_ttl_s=settings.reservation_ttl_s,
+            processes=lambda: processes,
             on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
+            on_settle_error=metrics_.quota_settle_errors.inc,
         )
+        supervisor = Supervisor()
         runtime = Runtime(
             pool=pool,
             redis=redis,
             store=store,
             authenticator=authenticator,
             limiter=limiter,
+            supervisor=supervisor,
             ledger=ledger,
             metrics=metrics_,
             registry=registry,
@@ -116,7 +125,8 @@ def create_app(
             admin_token=settings.admin_token,
         )
         app.state.runtime = runtime
-        supervisor = Supervisor()
+        if drain_on_sigterm:
+            drain.install(runtime, grace_s=settings.drain_grace_s, timeout_s=settings.drain_timeout_s)
         supervisor.start("auth-invalidation", authenticator.run)
         supervisor.start("ledger-writer", ledger.run)
         try:
@@ -133,7 +143,7 @@ def create_app(
     return Litestar(
         route_handlers=[chat_completions, list_models, own_usage, admin_router, healthz, readyz, metrics],
         lifespan=[lifespan],
-        middleware=[RequestIdMiddleware()],
+        middleware=[RequestIdMiddleware(), InputLimitsMiddleware()],
         exception_handlers={Exception: _error_handler},
         request_max_body_size=config.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(

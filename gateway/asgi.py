@@ -20,4 +20,5 @@ def app_from_environ() -> Litestar:
         os.environ,
         multiprocess_dir=settings.metrics_multiproc_dir,
         processes=settings.processes,
+        drain_on_sigterm=True,
     )

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import re
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import msgspec
@@ -121,6 +125,10 @@ def serve(
         if demo:
             scheme = "https" if tls_cert else "http"
             _print_demo(asyncio.run(_make_demo_key(database_url, pepper)), f"{scheme}://{host}:{port}/v1")
+        # uvicorn re-raises the signal that stopped it once it has drained; by then shutdown is done, so
+        # swallow it here and exit 0 after the embedded servers are stopped.
+        for stop_signal in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(stop_signal, lambda signum, frame: None)
         uvicorn.run(
             "gateway.asgi:app_from_environ",
             factory=True,
@@ -135,7 +143,7 @@ def serve(
             access_log=False,
             log_level="warning",
             timeout_keep_alive=5,
-            timeout_graceful_shutdown=int(settings.drain_timeout_s),
+            timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s) + 1,
             h11_max_incomplete_event_size=16 * 1024,
         )
     finally:
@@ -329,3 +337,37 @@ def keys_create(tenant_id: str) -> None:
 def keys_revoke(key_id: str) -> None:
     """Revoke KEY_ID on every gateway process within a second."""
     _show(_admin_call("DELETE", f"/admin/keys/{key_id}"))
+
+
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
+_DURATION_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class _Duration(click.ParamType[int, Any]):
+    """Seconds, from `30s`, `5m`, `24h`, `2d` or a bare number of seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _DURATION.fullmatch(str(value).strip().lower())
+        if match is None:
+            self.fail(
+                f"`{value}` is not a duration; use seconds or a number ending in s, m, h or d (`24h`)", param, ctx
+            )
+        return int(match[1]) * _DURATION_SECONDS[match[2]]
+
+
+@keys.command("roll")
+@click.argument("key_id")
+@click.option(
+    "--overlap",
+    type=_Duration(),
+    default="24h",
+    show_default=True,
+    help="How long the old key keeps working (`30s`, `5m`, `24h`, or seconds); 0 ends it at once.",
+)
+def keys_roll(key_id: str, overlap: int) -> None:
+    """Replace KEY_ID with a new key (printed once); KEY_ID expires after --overlap, on every process."""
+    _show(_admin_call("POST", f"/admin/keys/{quote(key_id, safe='')}/roll", {"overlap_s": overlap}))

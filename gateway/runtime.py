@@ -11,6 +11,7 @@ from gateway.accounting.ledger import Ledger
 from gateway.observability.metrics import Metrics
 from gateway.providers.base import Provider
 from gateway.settings import Limits, Price
+from gateway.supervisor import Supervisor
 from quota.limiter import Limiter
 from tenants.auth import Authenticator
 from tenants.store import TenantStore
@@ -32,6 +33,7 @@ class Runtime(msgspec.Struct, kw_only=True):
     store: TenantStore
     authenticator: Authenticator
     limiter: Limiter
+    supervisor: Supervisor
     ledger: Ledger
     metrics: Metrics
     registry: CollectorRegistry
@@ -43,4 +45,9 @@ class Runtime(msgspec.Struct, kw_only=True):
     """Unix time the model list reports as `created`."""
     admin_token: str | None
     draining: bool = False
-    """Set on shutdown: `/readyz` answers 503 so load balancers stop sending traffic."""
+    """Set on SIGTERM: `/readyz` and new `/v1` requests answer 503 so traffic moves elsewhere."""
+    drain_deadline: float | None = None
+    """Loop time after which running streams are ended with a terminal error event."""
+
+    def drain_expired(self, now: float) -> bool:
+        return self.drain_deadline is not None and now >= self.drain_deadline

@@ -153,9 +153,13 @@ class Settings(Base, frozen=True):
     """`SLUICE_LEDGER_FLUSH_INTERVAL_S`: how often usage records are written in one batch."""
     drain_timeout_s: PositiveFloat = 30.0
     """`SLUICE_DRAIN_TIMEOUT_S`: how long SIGTERM waits for in-flight requests."""
+    drain_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    """`SLUICE_DRAIN_GRACE_S`: after SIGTERM, how long `/readyz` answers 503 before the listener closes."""
     admission_timeout_ms: PositiveFloat = 100.0
     """`SLUICE_ADMISSION_TIMEOUT_MS`: how long admission waits for Redis before failing open onto the local
     limiter (RELIABILITY §6.1 starts at 50 ms; on 2-core hosts event-loop stalls alone reach that under load)."""
+    reservation_ttl_s: PositiveFloat = 600.0
+    """`SLUICE_RESERVATION_TTL_S`: after this long an unsettled reservation (a crashed process's) expires on its own."""
     url: str = "http://127.0.0.1:8080"
     """`SLUICE_URL`: the gateway the CLI's admin commands talk to."""
     processes: PositiveInt = 1

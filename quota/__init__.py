@@ -1,9 +1,24 @@
-"""How much a tenant may use: rate limits on Redis (the `limits` library), quota headers."""
+"""How much a tenant may use: atomic reservations on Redis, settlement, local fallbacks, quota headers."""
 
 from __future__ import annotations
 
 from quota.errors import QuotaBackendError, QuotaExceededError
 from quota.headers import rate_limit_headers
-from quota.limiter import Admission, Limiter, RateWindow
+from quota.limiter import Limiter, Reservation, SpendSource, to_nano
+from quota.types import Admission, Demand, Level, LevelLimits, QuotaKind, Window
 
-__all__ = ["Admission", "Limiter", "QuotaBackendError", "QuotaExceededError", "RateWindow", "rate_limit_headers"]
+__all__ = [
+    "Admission",
+    "Demand",
+    "Level",
+    "LevelLimits",
+    "Limiter",
+    "QuotaBackendError",
+    "QuotaExceededError",
+    "QuotaKind",
+    "Reservation",
+    "SpendSource",
+    "Window",
+    "rate_limit_headers",
+    "to_nano",
+]

@@ -1,8 +1,8 @@
-"""OpenAI-style `x-ratelimit-*` response headers from an admission's window state."""
+"""OpenAI-style `x-ratelimit-*` response headers from an admission's windows."""
 
 from __future__ import annotations
 
-from quota.limiter import Admission
+from quota.types import Admission, Window
 
 
 def _duration(seconds: float) -> str:
@@ -14,11 +14,16 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def _window(headers: dict[str, str], kind: str, window: Window) -> None:
+    headers[f"x-ratelimit-limit-{kind}"] = str(window.limit)
+    headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, window.remaining))
+    headers[f"x-ratelimit-reset-{kind}"] = _duration(window.reset_s)
+
+
 def rate_limit_headers(admission: Admission) -> dict[str, str]:
     headers: dict[str, str] = {}
     if admission.requests is not None:
-        window = admission.requests
-        headers["x-ratelimit-limit-requests"] = str(window.limit)
-        headers["x-ratelimit-remaining-requests"] = str(max(0, window.remaining))
-        headers["x-ratelimit-reset-requests"] = _duration(window.reset_s)
+        _window(headers, "requests", admission.requests)
+    if admission.tokens is not None:
+        _window(headers, "tokens", admission.tokens)
     return headers

@@ -1,11 +1,32 @@
-"""Redis keys of the quota domain; the tenant sits in a `{hash tag}` so one tenant's keys share a Cluster slot."""
+"""Redis keys of the quota domain, built here only: prefix `sluice:`, the tenant in a `{hash tag}` so all
+of one tenant's counters share a Redis Cluster slot and one Lua script can touch them atomically."""
 
 from __future__ import annotations
 
-from tenants.models import TenantId
+import hashlib
+
+from quota.types import Level
 
 PREFIX = "sluice"
 
 
-def requests_window(tenant_id: TenantId) -> str:
-    return f"{PREFIX}:{{t:{tenant_id}}}:rpm"
+def _scope_id(level: Level) -> str:
+    if level.scope == "user":
+        # End-user ids come from clients: hash them so keys stay short and carry no raw client text.
+        return hashlib.sha256(level.scope_id.encode()).hexdigest()[:24]
+    return level.scope_id
+
+
+def level_keys(level: Level, period: str) -> list[str]:
+    """The six keys of one level, in the order reserve.lua and settle.lua expect."""
+    base = f"{PREFIX}:{{t:{level.tenant_id}}}:{level.scope}:{_scope_id(level)}"
+    return [f"{base}:rpm", f"{base}:tpm", f"{base}:tpmv", f"{base}:bud:{period}", f"{base}:inf", f"{base}:res"]
+
+
+def settled_marker(tenant_id: str, request_id: str) -> str:
+    return f"{PREFIX}:{{t:{tenant_id}}}:settled:{request_id}"
+
+
+def processes() -> str:
+    """Sorted set of live gateway processes (heartbeats), for sizing local fallbacks."""
+    return f"{PREFIX}:processes"

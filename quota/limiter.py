@@ -1,97 +1,263 @@
-"""Stage 3, admit: check and take a request's share of its tenant's limits in one Redis round trip.
+"""Stages 3 and 8, admit and settle: reserve what a request may consume at every level, atomically,
+in one Redis round trip; afterwards replace the reservation by what was really used.
 
-1. Every limit that applies (today: the tenant's requests per minute) becomes one sliding log in
-   Redis; `lua/admit.lua` checks them all and records the request in all of them, or in none.
-2. The script reads the Redis clock, so all gateway processes judge windows by one clock, and it
-   returns each window's count and reset so the response headers cost no extra round trip.
-3. If Redis does not answer within `timeout_s`, the limiter fails open onto a per-process
-   `limits` moving window at ⌈limit / processes⌉ (RELIABILITY §6.2) and reports the fallback.
+1. `reserve` sends every applicable level (tenant, key, model, end user) to `lua/reserve.lua`, which
+   sweeps expired window entries and leaked reservations, checks requests, tokens, budget and
+   concurrency at every level, and either takes all of it or nothing. Shadow levels are evaluated
+   and reported but never reject. The script reads the Redis clock, so all processes share one.
+2. A budget counter Redis has lost (restart without persistence) is rebuilt from the Postgres ledger
+   (`SpendSource`) through `lua/seed.lua` before anything is admitted against it.
+3. `Reservation.settle` charges the real tokens and cost and releases the concurrency slot, exactly
+   once (a marker key), on every exit path; a reservation never settled expires after its TTL.
+4. If Redis does not answer within `timeout_s`, requests and tokens fail open onto per-process
+   `limits` windows at ⌈limit / processes⌉ and concurrency onto a local count at ⌈C / processes⌉;
+   budgets fail closed (`QuotaBackendError` → 503). Every fallback is reported (RELIABILITY §6.2).
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
-import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from decimal import ROUND_CEILING, Decimal
+from typing import Protocol
 
-import msgspec
 import redis.asyncio as aioredis
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
 from redis.exceptions import RedisError
 
 from quota import keys
-from quota.errors import QuotaExceededError
-from quota.scripts import register_admit
-from tenants.models import TenantContext
+from quota.errors import QuotaBackendError, QuotaExceededError
+from quota.periods import period_bounds, period_id
+from quota.scripts import Scripts, register
+from quota.types import Admission, Demand, Level, QuotaKind, Window
 
-_MINUTE_MS = 60_000
-
-
-class RateWindow(msgspec.Struct, frozen=True):
-    limit: int
-    remaining: int
-    reset_s: float
+_NANO = Decimal("0.000000001")
+_MARKER_TTL_MS = 86_400_000
 
 
-class Admission(msgspec.Struct, frozen=True):
-    """What admission decided, for headers and the ledger."""
+def to_nano(usd: Decimal) -> int:
+    """USD → integer nano-USD, rounded up so reservations and charges never undercount."""
+    return int((usd / _NANO).to_integral_value(rounding=ROUND_CEILING))
 
-    requests: RateWindow | None = None
-    admitted_at_ms: int | None = None
-    """Redis clock at admission (None when no Redis limit applied)."""
-    fail_open: bool = False
+
+class SpendSource(Protocol):
+    """Where settled spend lives durably (the Postgres ledger); read only to rebuild lost counters."""
+
+    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> Decimal: ...
+
+
+class Reservation:
+    """What one request holds; `settle` exactly once (later calls do nothing)."""
+
+    def __init__(
+        self, limiter: Limiter, levels: Sequence[Level], demand: Demand, periods: list[str], admission: Admission
+    ) -> None:
+        self._limiter = limiter
+        self.levels = tuple(levels)
+        self.demand = demand
+        self._periods = periods
+        self.admission = admission
+        self._settled = False
+
+    async def settle(self, tokens: int, cost_usd: Decimal) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        await self._limiter.settle(self, tokens, cost_usd, self._periods)
 
 
 class Limiter:
     def __init__(
         self,
         client: aioredis.Redis,
+        spend: SpendSource,
         *,
-        timeout_s: float = 0.05,
-        processes: int = 1,
-        on_fail_open: Callable[[str], None] = lambda kind: None,
+        timeout_s: float = 0.1,
+        reservation_ttl_s: float = 600.0,
+        processes: Callable[[], int] = lambda: 1,
+        on_fail_open: Callable[[QuotaKind], None] = lambda kind: None,
+        on_settle_error: Callable[[], None] = lambda: None,
     ) -> None:
-        self._admit_script = register_admit(client)
+        self._scripts: Scripts = register(client)
+        self._spend = spend
         self._timeout_s = timeout_s
-        self._processes = max(1, processes)
+        self._ttl_ms = int(reservation_ttl_s * 1000)
+        self._processes = processes
         self._on_fail_open = on_fail_open
-        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._on_settle_error = on_settle_error
+        self._local_requests = MovingWindowRateLimiter(MemoryStorage())
+        self._local_tokens = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self._local_inflight: Counter[tuple[str, str, str]] = Counter()
 
-    async def admit(self, tenant: TenantContext, request_id: str) -> Admission:
-        rpm = tenant.quota.rpm
-        if rpm is None:
-            return Admission()
+    # --- admission -------------------------------------------------------------------------
+
+    async def reserve(self, levels: Sequence[Level], demand: Demand) -> Reservation:
+        """Take `demand` at every level or raise `QuotaExceededError` having taken nothing."""
+        levels = [level for level in levels if not level.limits.empty]
+        now = dt.datetime.now(dt.UTC)
+        periods = [period_id(level.limits.budget_period, now) for level in levels]
+        if not levels:
+            return Reservation(self, levels, demand, periods, Admission())
         try:
             async with asyncio.timeout(self._timeout_s):
-                result = await self._admit_script(
-                    keys=[keys.requests_window(tenant.tenant_id)], args=[request_id, rpm, _MINUTE_MS]
-                )
+                admission = await self._reserve_in_redis(levels, demand, periods, now)
         except (RedisError, OSError, TimeoutError):
-            return self._admit_locally(tenant, rpm)
-        admitted, _failed, now_ms, count, reset_ms = (int(v) for v in result[:5])
-        window = RateWindow(limit=rpm, remaining=rpm - count, reset_s=reset_ms / 1000)
-        if not admitted:
-            raise QuotaExceededError(
-                "rpm",
-                f"Rate limit reached for requests: limit {rpm} per minute for tenant {tenant.tenant_name!r}; "
-                f"retry in {math.ceil(reset_ms / 1000)} s.",
-                retry_after=reset_ms / 1000,
-            )
-        return Admission(requests=window, admitted_at_ms=now_ms)
+            admission = self._reserve_locally(levels, demand)
+        return Reservation(self, levels, demand, periods, admission)
 
-    def _admit_locally(self, tenant: TenantContext, rpm: int) -> Admission:
-        self._on_fail_open("rpm")
-        share = math.ceil(rpm / self._processes)
-        item = RateLimitItemPerMinute(share)
-        if not self._local.hit(item, "tenant", tenant.tenant_id):
-            reset_at, _remaining = self._local.get_window_stats(item, "tenant", tenant.tenant_id)
-            raise QuotaExceededError(
-                "rpm",
-                f"Rate limit reached for requests: limit {rpm} per minute for tenant {tenant.tenant_name!r}.",
-                retry_after=max(1.0, reset_at - time.time()),
-            )
-        _reset_at, remaining = self._local.get_window_stats(item, "tenant", tenant.tenant_id)
-        return Admission(requests=RateWindow(limit=rpm, remaining=remaining, reset_s=60.0), fail_open=True)
+    async def _reserve_in_redis(
+        self, levels: list[Level], demand: Demand, periods: list[str], now: dt.datetime
+    ) -> Admission:
+        redis_keys = [
+            key for level, period in zip(levels, periods, strict=True) for key in keys.level_keys(level, period)
+        ]
+        args: list[int | str] = [demand.request_id, demand.tokens, to_nano(demand.cost_usd), self._ttl_ms, len(levels)]
+        for level in levels:
+            limits = level.limits
+            _, end = period_bounds(limits.budget_period, now)
+            args += [
+                1 if limits.shadow else 0,
+                _or_none(limits.rpm),
+                limits.window_s * 1000,
+                _or_none(limits.tpm),
+                limits.window_s * 1000,
+                to_nano(limits.budget_usd) if limits.budget_usd is not None else -1,
+                max(1, int((end - now).total_seconds() * 1000)),
+                _or_none(limits.max_concurrency),
+                1 if limits.budget_usd is not None or limits.max_concurrency is not None else 0,
+            ]
+        for _ in range(len(levels) + 1):
+            result = await self._scripts.reserve(keys=redis_keys, args=args)
+            status, index, kind = int(result[0]), int(result[1]), _text(result[2])
+            if status == -1:
+                await self._seed(levels[index - 1], periods[index - 1], now)
+                continue
+            shadow = tuple(k for k in _text(result[5]).split(",") if k)
+            if status == 0:
+                raise _exceeded(levels[index - 1], kind, int(result[4]))
+            return _admission(levels, [int(v) for v in result[6:]], int(result[3]), shadow)
+        raise QuotaBackendError("budget counters could not be rebuilt")
+
+    async def _seed(self, level: Level, period: str, now: dt.datetime) -> None:
+        start, end = period_bounds(level.limits.budget_period, now)
+        spent = await self._spend.spent_usd(level, start, end)
+        budget_key = keys.level_keys(level, period)[3]
+        ttl_ms = int((end - now).total_seconds() * 1000) + 86_400_000
+        await self._scripts.seed(keys=[budget_key], args=[to_nano(spent), ttl_ms])
+
+    def _reserve_locally(self, levels: list[Level], demand: Demand) -> Admission:
+        share = max(1, self._processes())
+        enforced = [level for level in levels if not level.limits.shadow]
+        for level in enforced:
+            self._check_locally(level, demand, share)
+        for level in enforced:  # every check passed: take it everywhere
+            self._take_locally(level, demand, share)
+        return Admission(fail_open=True)
+
+    def _check_locally(self, level: Level, demand: Demand, share: int) -> None:
+        limits, ident = level.limits, (level.tenant_id, level.scope, level.scope_id)
+        if limits.budget_usd is not None:
+            raise QuotaBackendError("budget enforcement needs Redis, which is unreachable")
+        if limits.max_concurrency is not None:
+            self._on_fail_open("concurrency")
+            if self._local_inflight[ident] + 1 > math.ceil(limits.max_concurrency / share):
+                raise QuotaExceededError("concurrency", _message(level, "concurrency"), 1.0)
+        if limits.rpm is not None:
+            self._on_fail_open("rpm")
+            if not self._local_requests.test(_local_item(limits.rpm, share, limits.window_s), *ident):
+                raise QuotaExceededError("rpm", _message(level, "rpm"), float(limits.window_s))
+        if limits.tpm is not None:
+            self._on_fail_open("tpm")
+            item = _local_item(limits.tpm, share, limits.window_s)
+            if not self._local_tokens.test(item, *ident, cost=demand.tokens):
+                raise QuotaExceededError("tpm", _message(level, "tpm"), float(limits.window_s))
+
+    def _take_locally(self, level: Level, demand: Demand, share: int) -> None:
+        limits, ident = level.limits, (level.tenant_id, level.scope, level.scope_id)
+        if limits.rpm is not None:
+            self._local_requests.hit(_local_item(limits.rpm, share, limits.window_s), *ident)
+        if limits.tpm is not None:
+            self._local_tokens.hit(_local_item(limits.tpm, share, limits.window_s), *ident, cost=demand.tokens)
+        if limits.max_concurrency is not None:
+            self._local_inflight[ident] += 1
+
+    # --- settlement ------------------------------------------------------------------------
+
+    async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal, periods: list[str]) -> None:
+        levels = reservation.levels
+        if not levels:
+            return
+        if reservation.admission.fail_open:
+            for level in levels:
+                ident = (level.tenant_id, level.scope, level.scope_id)
+                if level.limits.max_concurrency is not None and self._local_inflight[ident] > 0:
+                    self._local_inflight[ident] -= 1
+            return
+        redis_keys = [
+            key for level, period in zip(levels, periods, strict=True) for key in keys.level_keys(level, period)
+        ]
+        redis_keys.append(keys.settled_marker(levels[0].tenant_id, reservation.demand.request_id))
+        args: list[int | str] = [reservation.demand.request_id, tokens, to_nano(cost_usd), len(levels), _MARKER_TTL_MS]
+        args += [1 if level.limits.budget_usd is not None else 0 for level in levels]
+        for attempt in range(3):
+            try:
+                await self._scripts.settle(keys=redis_keys, args=args)
+                return
+            except (RedisError, OSError):
+                self._on_settle_error()
+                await asyncio.sleep(0.2 * (attempt + 1))
+        # Still unreachable: the reservation expires on its own and the ledger holds the real spend,
+        # from which the counter is rebuilt if Redis comes back empty.
+
+
+def _local_item(limit: int, share: int, window_s: int) -> RateLimitItemPerSecond:
+    return RateLimitItemPerSecond(math.ceil(limit / share), window_s)
+
+
+def _or_none(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _message(level: Level, kind: str) -> str:
+    limits = level.limits
+    where = "" if level.scope == "tenant" else f" ({level.scope} limit)"
+    if kind == "rpm":
+        return f"Rate limit reached for requests: limit {limits.rpm} per {limits.window_s} s{where}."
+    if kind == "tpm":
+        return f"Rate limit reached for tokens: limit {limits.tpm} per {limits.window_s} s{where}."
+    if kind == "budget":
+        return f"Budget exhausted: {limits.budget_usd} USD per {limits.budget_period}{where}."
+    return f"Too many concurrent requests: limit {limits.max_concurrency}{where}."
+
+
+def _exceeded(level: Level, kind: str, retry_after_ms: int) -> QuotaExceededError:
+    quota_kind: QuotaKind = kind  # type: ignore[assignment]  # the script returns one of the QuotaKind names
+    return QuotaExceededError(quota_kind, _message(level, kind), max(0.001, retry_after_ms / 1000))
+
+
+def _admission(levels: list[Level], stats: list[int], now_ms: int, shadow: tuple[str, ...]) -> Admission:
+    """Headers come from the tightest window across levels."""
+    requests: Window | None = None
+    tokens: Window | None = None
+    for i, level in enumerate(levels):
+        rpm_count, rpm_reset, tpm_sum, tpm_reset = stats[7 * i : 7 * i + 4]
+        limits = level.limits
+        if limits.rpm is not None and not limits.shadow:
+            window = Window(limits.rpm, limits.rpm - rpm_count, rpm_reset / 1000)
+            if requests is None or window.remaining < requests.remaining:
+                requests = window
+        if limits.tpm is not None and not limits.shadow:
+            window = Window(limits.tpm, limits.tpm - tpm_sum, tpm_reset / 1000)
+            if tokens is None or window.remaining < tokens.remaining:
+                tokens = window
+    kinds: tuple[QuotaKind, ...] = tuple(k for k in shadow if k in ("rpm", "tpm", "budget", "concurrency"))  # type: ignore[misc]  # narrowed by the filter
+    return Admission(requests=requests, tokens=tokens, admitted_at_ms=now_ms, shadow_rejections=kinds)

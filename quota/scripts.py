@@ -1,13 +1,15 @@
 """Lua scripts of the quota domain, read from `quota/lua/` once and registered with the Redis client.
 
-Why Lua rather than the `limits` library on Redis: `limits` takes one round trip per limit plus
-another for the window stats the headers need, and cannot check several limits atomically.
+Why Lua and not the `limits` library here: `limits` takes a round trip per limit, has no budget,
+token-reservation or concurrency primitive, and cannot check several limits atomically; admission
+must do all of that in one round trip. `limits` still backs the per-process fallback.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
@@ -16,5 +18,15 @@ def _source(name: str) -> str:
     return resources.files("quota").joinpath("lua", name).read_text()
 
 
-def register_admit(client: aioredis.Redis) -> AsyncScript:
-    return client.register_script(_source("admit.lua"))
+class Scripts(msgspec.Struct, frozen=True):
+    reserve: AsyncScript
+    settle: AsyncScript
+    seed: AsyncScript
+
+
+def register(client: aioredis.Redis) -> Scripts:
+    return Scripts(
+        reserve=client.register_script(_source("reserve.lua")),
+        settle=client.register_script(_source("settle.lua")),
+        seed=client.register_script(_source("seed.lua")),
+    )

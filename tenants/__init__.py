@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tenants.auth import Authenticator
-from tenants.errors import InvalidKeyError, TenantNotFoundError, TenantsBackendError
+from tenants.errors import InvalidKeyError, KeyRevokedError, TenantNotFoundError, TenantsBackendError
 from tenants.keys import IssuedKey, KeyHasher, ParsedKey, issue_key, parse_key
 from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantContext, TenantId
 from tenants.store import TenantStore
@@ -15,6 +15,7 @@ __all__ = [
     "IssuedKey",
     "KeyHasher",
     "KeyId",
+    "KeyRevokedError",
     "ParsedKey",
     "Quota",
     "Tenant",

@@ -33,6 +33,18 @@ _log = logging.getLogger(__name__)
 _UNKNOWN_DIGEST = b"\x00" * 32
 
 
+def _stop_if_cancelled() -> None:
+    """Re-raise a cancellation that a library swallowed.
+
+    redis-py sends through `asyncio.wait_for`, which on Python 3.11 can lose a cancellation that races
+    the send's completion (CPython gh-86296, fixed in 3.12); the loops below would then run forever and
+    hold up shutdown, because a `TaskGroup` cancels its children only once.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class _Entry(msgspec.Struct, frozen=True):
     key: ApiKey | None
     ctx: TenantContext | None
@@ -99,6 +111,7 @@ class Authenticator:
 
     async def _poll_epoch(self) -> None:
         while True:
+            _stop_if_cancelled()
             with contextlib.suppress(RedisError, OSError):
                 epoch = await self._redis.get(EPOCH_KEY)
                 if epoch != self._epoch:
@@ -109,11 +122,13 @@ class Authenticator:
 
     async def _listen(self) -> None:
         while True:
+            _stop_if_cancelled()
             try:
                 async with self._redis.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     self.forget_all()  # messages may have been missed while unsubscribed
                     while True:
+                        _stop_if_cancelled()
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None:
                             self.forget_all()

@@ -22,5 +22,9 @@ class TenantNotFoundError(TenantsError):
     """No tenant (or key) with that id exists, as far as this caller may know."""
 
 
+class KeyRevokedError(TenantsError):
+    """The key was revoked; it cannot be rolled (issue a new key instead)."""
+
+
 class TenantsBackendError(TenantsError):
     """Postgres could not answer; callers answer 503, never 401."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from tenants.errors import TenantNotFoundError, TenantsBackendError
+from tenants.errors import KeyRevokedError, TenantNotFoundError, TenantsBackendError
 from tenants.keys import IssuedKey, KeyHasher, issue_key
 from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantContext, TenantId
 
@@ -27,6 +27,18 @@ SELECT k.id AS key_id, k.tenant_id, k.prefix, k.digest, k.pepper_version, k.crea
 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN quotas q ON q.tenant_id = t.id
 WHERE k.prefix = $1
 """
+_INSERT_KEY = """
+INSERT INTO api_keys (tenant_id, prefix, digest, pepper_version, expires_at)
+VALUES ($1, $2, $3, $4, $5) RETURNING *
+"""
+# LEAST ignores NULL, so a key without an expiry gets `now() + overlap` and an earlier expiry is kept.
+_SHORTEN_EXPIRY = "UPDATE api_keys SET expires_at = LEAST(expires_at, now() + $2::interval) WHERE id = $1 RETURNING *"
+_BACKEND_ERRORS = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+)
 
 
 def _as_uuid(value: str) -> uuid.UUID:
@@ -73,12 +85,7 @@ class TenantStore:
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
             return await self._pool.fetch(query, *args)
-        except (
-            OSError,
-            asyncpg.exceptions.ConnectionDoesNotExistError,
-            asyncpg.exceptions.CannotConnectNowError,
-            asyncpg.exceptions.InterfaceError,
-        ) as exc:
+        except _BACKEND_ERRORS as exc:
             raise TenantsBackendError(str(exc)) from exc
 
     async def create_tenant(self, name: str, quota: Quota) -> Tenant:
@@ -149,10 +156,7 @@ class TenantStore:
         issued = issue_key()
         try:
             rows = await self._pool.fetch(
-                """
-                INSERT INTO api_keys (tenant_id, prefix, digest, pepper_version, expires_at)
-                VALUES ($1, $2, $3, $4, $5) RETURNING *
-                """,
+                _INSERT_KEY,
                 _as_uuid(tenant_id),
                 issued.prefix,
                 hasher.digest(issued.secret),
@@ -174,6 +178,43 @@ class TenantStore:
         if not rows:
             raise TenantNotFoundError(key_id)
         return _key(rows[0])
+
+    async def roll_key(
+        self, key_id: KeyId, hasher: KeyHasher, overlap: dt.timedelta
+    ) -> tuple[ApiKey, IssuedKey, ApiKey]:
+        """Issue a successor to `key_id` for the same tenant; the old key then expires after `overlap`.
+
+        Returns the new key, its plaintext (shown once) and the old key as it now stands. An old key that
+        already expires sooner keeps its expiry: a roll never extends a key's life.
+
+        Raises:
+            TenantNotFoundError: no key has that id.
+            KeyRevokedError: the key is revoked and has nothing to hand over.
+        """
+        old_id = _as_uuid(key_id)
+        issued = issue_key()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # FOR UPDATE: a concurrent revoke or roll of the same key waits for this one, so a revoked key
+                # can never gain a successor.
+                old = await conn.fetchrow("SELECT tenant_id, revoked_at FROM api_keys WHERE id = $1 FOR UPDATE", old_id)
+                if old is None:
+                    raise TenantNotFoundError(key_id)
+                if old["revoked_at"] is not None:
+                    raise KeyRevokedError(key_id)
+                new_row = await conn.fetchrow(
+                    _INSERT_KEY,
+                    old["tenant_id"],
+                    issued.prefix,
+                    hasher.digest(issued.secret),
+                    hasher.current_version,
+                    None,
+                )
+                old_row = await conn.fetchrow(_SHORTEN_EXPIRY, old_id, overlap)
+        except _BACKEND_ERRORS as exc:
+            raise TenantsBackendError(str(exc)) from exc
+        assert new_row is not None and old_row is not None  # INSERT … RETURNING and an UPDATE of a locked row
+        return _key(new_row), issued, _key(old_row)
 
     async def key_by_prefix(self, prefix: str) -> tuple[ApiKey, TenantContext] | None:
         """The key and the context it authenticates as, or None. Revoked keys are returned too."""

@@ -143,10 +143,15 @@ async def running_gateway(
     }
     values.update(settings)
     app = create_app(Settings(**values), config, environ or {"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so (else 40 ms Nagle stalls).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = _Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=5))
+    server = _Server(
+        uvicorn.Config(
+            app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=5, timeout_graceful_shutdown=5
+        )
+    )
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:

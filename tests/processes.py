@@ -16,6 +16,16 @@ import httpx
 
 from tests.harness import ADMIN_TOKEN, PEPPER, UPSTREAM_KEY
 
+ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def tenant_key(base: str, name: str = "acme", **quota: object) -> tuple[str, str, str]:
+    """A tenant made through a gateway's admin API and one key for it: (tenant id, key id, key)."""
+    async with httpx.AsyncClient(base_url=base, headers=ADMIN, timeout=30) as admin:
+        tenant = (await admin.post("/admin/tenants", json={"name": name, "quota": quota})).json()
+        key = (await admin.post(f"/admin/tenants/{tenant['id']}/keys", json={})).json()
+    return tenant["id"], key["id"], key["key"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -132,6 +132,10 @@ class Ledger:
                     self._on_error()
                     _log.warning("usage batch of %d not written yet: %s", len(batch), type(exc).__name__)
                     return False
+                except asyncio.CancelledError:
+                    # Cancelled mid-write (shutdown): keep the batch; if it did commit, the retry is a no-op.
+                    self._pending[:0] = batch
+                    raise
                 self._on_flush(len(batch))
         return True
 

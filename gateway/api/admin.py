@@ -18,6 +18,8 @@ from gateway.schema.admin import (
     KeyIn,
     KeyList,
     KeyOut,
+    KeyRolled,
+    KeyRollIn,
     QuotaIn,
     TenantIn,
     TenantList,
@@ -25,6 +27,7 @@ from gateway.schema.admin import (
     TenantPatch,
     UsageOut,
 )
+from tenants.errors import KeyRevokedError
 from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantId
 
 
@@ -118,6 +121,30 @@ async def revoke_key(key_id: str, state: State) -> KeyOut:
     return _key_out(key)
 
 
+@post("/keys/{key_id:str}/roll", status_code=201)
+async def roll_key(key_id: str, state: State, data: KeyRollIn | None = None) -> KeyRolled:
+    """Issue a successor key (shown once); the old key keeps working for `overlap_s` seconds, then expires."""
+    rt = _rt(state)
+    overlap = dt.timedelta(seconds=(data or KeyRollIn()).overlap_s)
+    try:
+        key, issued, old = await rt.store.roll_key(KeyId(key_id), rt.authenticator.hasher, overlap)
+    except KeyRevokedError:
+        raise InvalidRequestError(
+            f"Key `{key_id}` is revoked and cannot be rolled; create a new key instead.", code="key_revoked"
+        ) from None
+    # Every process caches the old key without its new expiry: drop the caches everywhere (≤ 1 s).
+    await rt.authenticator.announce_change()
+    return KeyRolled(
+        id=key.id,
+        tenant_id=key.tenant_id,
+        prefix=key.prefix,
+        key=issued.plaintext,
+        created_at=key.created_at,
+        expires_at=key.expires_at,
+        old_key=_key_out(old),
+    )
+
+
 @get("/tenants/{tenant_id:str}/quota")
 async def get_quota(tenant_id: str, state: State) -> Quota:
     return (await _rt(state).store.get_tenant(TenantId(tenant_id))).quota
@@ -157,6 +184,7 @@ admin_router = Router(
         create_key,
         list_keys,
         revoke_key,
+        roll_key,
         get_quota,
         put_quota,
         tenant_usage,

@@ -35,8 +35,7 @@ async def chat_completions(request: Request[None, None, State], state: State) ->
     rt = _runtime(state)
     ctx = RequestContext(request.scope["state"]["request_id"])
     try:
-        body = await request.body()
-        return await run_chat(rt, ctx, body, request.headers.get("authorization"))
+        return await run_chat(rt, ctx, request.body, request.headers.get("authorization"))
     except Exception as exc:  # noqa: BLE001  # the /v1 error boundary: every failure becomes an OpenAI error, accounted
         response = error_response(exc, ctx)
         finish(rt, ctx)

@@ -68,6 +68,14 @@ class Metrics:
         self.quota_rejections = Counter(
             "sluice_quota_rejections", "Requests refused by a quota, by kind.", ["tenant", "kind"], registry=registry
         )
+        self.quota_shadow_rejections = Counter(
+            "sluice_quota_shadow_rejections", "Requests a shadow-mode quota would have refused, by kind.",
+            ["tenant", "kind"], registry=registry,
+        )  # fmt: skip
+        self.quota_settle_errors = Counter(
+            "sluice_quota_settlement_errors", "Settlements that Redis could not apply at once (retried).",
+            registry=registry,
+        )  # fmt: skip
         self.quota_fail_open = Counter(
             "sluice_quota_fail_open", "Admissions decided by the local fallback while Redis was unreachable.",
             ["kind"], registry=registry,

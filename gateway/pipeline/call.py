@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import msgspec
 
 from gateway.accounting.pricing import TokenUsage
@@ -9,20 +11,41 @@ from gateway.accounting.tokens import count_prompt, count_text
 from gateway.providers.base import Provider, UpstreamCall, UpstreamProtocolError
 from gateway.schema.openai import ChatRequest, CompletionView, Usage, completion_view_decoder
 
+MAX_REPORTED_TOKENS: Final = 2**31 - 1
+"""Largest token count taken from an upstream: the ledger's `integer` columns; a larger one would
+fail every batch it is written in, and the records queued with it (RELIABILITY T17)."""
+
+
+def _tokens(value: int) -> int:
+    return min(max(0, value), MAX_REPORTED_TOKENS)
+
+
+def is_utf8(data: bytes) -> bool:
+    """Whether bytes the gateway passes on are valid UTF-8 (msgspec checks only the fields it decodes)."""
+    if data.isascii():
+        return True
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
 
 def usage_from(usage: Usage) -> TokenUsage:
-    """Upstream-reported usage, clamped to sane values (negative counts are upstream bugs)."""
+    """Upstream-reported usage, clamped to sane values (negative or absurd counts are upstream bugs)."""
     details = usage.prompt_tokens_details
     return TokenUsage(
-        prompt_tokens=max(0, usage.prompt_tokens),
-        completion_tokens=max(0, usage.completion_tokens),
-        cached_tokens=max(0, details.cached_tokens or 0) if details else 0,
+        prompt_tokens=_tokens(usage.prompt_tokens),
+        completion_tokens=_tokens(usage.completion_tokens),
+        cached_tokens=_tokens(details.cached_tokens or 0) if details else 0,
     )
 
 
 async def call(provider: Provider, call: UpstreamCall) -> tuple[bytes, TokenUsage, str]:
     """The upstream's body, the usage to charge, and where that usage came from (`upstream`/`counted`)."""
     body = await provider.complete(call)
+    if not is_utf8(body):
+        raise UpstreamProtocolError("the upstream's answer is not valid UTF-8")
     try:
         view = completion_view_decoder.decode(body)
     except msgspec.MsgspecError:

@@ -3,11 +3,11 @@
     1 authenticate   key → TenantContext                      (tenants.auth, cached in-process)
     2 decode         body → ChatRequest + forwarded JSON        (pipeline.decode)
     5 route          model name → provider + price             (pipeline.route)
-    3 admit          requests-per-minute window, one Redis trip (quota.limiter)
+    3 admit          reserve requests, tokens, budget, concurrency in one Redis trip (quota.limiter)
     4 look up        decision cache                             (not yet: every request is `bypass`)
     6 queue          fair queue per deployment                  (not yet: deployments are uncapped)
     7 call           upstream, non-streaming or streamed        (pipeline.call / pipeline.stream)
-    8 settle         nothing reserved yet beyond the RPM slot
+    8 settle         replace the reservation by real tokens and cost (streams: when they end)
     9 account        cost → headers, metrics, ledger, log line  (pipeline.account)
 
 Routing is resolved before admission so an unknown model costs the tenant no quota.
@@ -15,6 +15,9 @@ Routing is resolved before admission so an unknown model costs the tenant no quo
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from typing import Any
 
 from litestar import Response
@@ -22,15 +25,17 @@ from litestar.response import Stream
 
 from gateway.accounting.pricing import format_usd
 from gateway.context import RequestContext
-from gateway.errors import AuthenticationError, from_upstream
+from gateway.errors import AuthenticationError, GatewayError, ServiceUnavailableError
 from gateway.pipeline.account import charge, finish
+from gateway.pipeline.admit import demand_for, levels_for
 from gateway.pipeline.call import call
 from gateway.pipeline.decode import decode_chat
 from gateway.pipeline.route import route
 from gateway.pipeline.stream import StreamMeter, open_stream, relay
-from gateway.providers.base import UpstreamCall, UpstreamError
-from gateway.runtime import Runtime
+from gateway.providers.base import UpstreamCall
+from gateway.runtime import ResolvedRoute, Runtime
 from quota.headers import rate_limit_headers
+from quota.limiter import Reservation
 from tenants.models import TenantContext
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -43,11 +48,15 @@ async def authenticate(rt: Runtime, authorization: str | None) -> TenantContext:
     return await rt.authenticator.authenticate(authorization[len("Bearer ") :].strip())
 
 
-async def run_chat(rt: Runtime, ctx: RequestContext, body: bytes, authorization: str | None) -> Response[Any]:
+async def run_chat(
+    rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], authorization: str | None
+) -> Response[Any]:
+    if rt.draining:
+        raise ServiceUnavailableError("This gateway process is shutting down; retry.", headers={"retry-after": "1"})
     with ctx.timed("auth"):
         ctx.tenant = tenant = await authenticate(rt, authorization)
     with ctx.timed("decode"):
-        request, payload = decode_chat(body, rt.limits)
+        request, payload = decode_chat(await read_body(), rt.limits)  # the body is read only once authenticated
     ctx.model, ctx.stream = request.model, request.is_stream
     with ctx.timed("route"):
         resolved = route(rt.routes, request)
@@ -55,39 +64,73 @@ async def run_chat(rt: Runtime, ctx: RequestContext, body: bytes, authorization:
     ctx.served_model, ctx.deployment, ctx.provider = (
         resolved.provider.model,
         resolved.provider.deployment,
-        (resolved.provider.kind),
+        resolved.provider.kind,
     )
     with ctx.timed("admit"):
-        admission = await rt.limiter.admit(tenant, ctx.request_id)
+        demand = demand_for(request, resolved, rt.limits, ctx.request_id)
+        reservation = await rt.limiter.reserve(levels_for(tenant, request), demand)
+    for kind in reservation.admission.shadow_rejections:
+        rt.metrics.quota_shadow_rejections.labels(rt.metrics.bounds.tenant(tenant.tenant_id), kind).inc()
 
     headers = {
-        **rate_limit_headers(admission),
+        **rate_limit_headers(reservation.admission),
         "x-sluice-model": resolved.provider.model,
         "x-sluice-route": ctx.route,
         "x-sluice-cache": ctx.cache,
     }
-    if not request.is_stream:
+    call_ = UpstreamCall(request=request, payload=payload, request_id=ctx.request_id)
+    if request.is_stream:
+        return await _streamed(rt, ctx, resolved, call_, reservation, headers)
+    return await _answered(rt, ctx, resolved, call_, reservation, headers)
+
+
+async def _answered(
+    rt: Runtime,
+    ctx: RequestContext,
+    resolved: ResolvedRoute,
+    call_: UpstreamCall,
+    reservation: Reservation,
+    headers: dict[str, str],
+) -> Response[bytes]:
+    try:
         with ctx.timed("upstream"):
-            answer, usage, source = await call(
-                resolved.provider, UpstreamCall(request=request, payload=payload, request_id=ctx.request_id)
-            )
-        charge(rt, ctx, resolved, usage, source)
-        assert ctx.cost is not None
-        headers["x-sluice-cost-usd"] = format_usd(ctx.cost)
-        finish(rt, ctx)
-        return Response(answer, media_type="application/json", status_code=200, headers=headers)
+            answer, usage, source = await call(resolved.provider, call_)
+    except BaseException:
+        await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
+        raise
+    charge(rt, ctx, resolved, usage, source)
+    assert ctx.cost is not None
+    with ctx.timed("settle"):
+        await reservation.settle(usage.total, ctx.cost)
+    headers["x-sluice-cost-usd"] = format_usd(ctx.cost)
+    finish(rt, ctx)
+    return Response(answer, media_type="application/json", status_code=200, headers=headers)
 
+
+async def _streamed(
+    rt: Runtime,
+    ctx: RequestContext,
+    resolved: ResolvedRoute,
+    call_: UpstreamCall,
+    reservation: Reservation,
+    headers: dict[str, str],
+) -> Stream:
+    assert ctx.tenant is not None
+    tenant_label = rt.metrics.bounds.tenant(ctx.tenant.tenant_id)
     # Meter every stream: ask the upstream for usage even when the client did not (ECOSYSTEM §0.6).
-    payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-    upstream = resolved.provider.stream(UpstreamCall(request=request, payload=payload, request_id=ctx.request_id))
-    with ctx.timed("upstream"):
-        first = await open_stream(upstream)
-    meter = StreamMeter(request)
+    call_.payload["stream_options"] = {**(call_.payload.get("stream_options") or {}), "include_usage": True}
+    upstream = resolved.provider.stream(call_)
+    try:
+        with ctx.timed("upstream"):
+            first = await open_stream(upstream)
+    except BaseException:
+        await reservation.settle(0, Decimal(0))
+        raise
+    meter = StreamMeter(call_.request)
 
-    def on_error(exc: UpstreamError) -> None:
-        ctx.truncated = True
-        ctx.outcome = from_upstream(exc).outcome
-        rt.metrics.truncated_streams.labels(rt.metrics.bounds.tenant(tenant.tenant_id)).inc()
+    def on_error(error: GatewayError) -> None:
+        ctx.truncated, ctx.outcome = True, error.outcome
+        rt.metrics.truncated_streams.labels(tenant_label).inc()
 
     def on_end(delivered_done: bool) -> None:
         if not delivered_done and ctx.outcome == "ok":
@@ -95,6 +138,11 @@ async def run_chat(rt: Runtime, ctx: RequestContext, body: bytes, authorization:
         usage, source = meter.usage()
         charge(rt, ctx, resolved, usage, source)
         finish(rt, ctx)
+        # A stream's `finally` cannot await (the client may be gone): settlement runs as a tracked task.
+        rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))
 
-    frames = relay(first, upstream, meter, on_error, on_end)
+    loop = asyncio.get_running_loop()
+    frames = relay(
+        first, upstream, meter, cut_short=lambda: rt.drain_expired(loop.time()), on_error=on_error, on_end=on_end
+    )
     return Stream(frames, media_type="text/event-stream", status_code=200, headers={**headers, **_SSE_HEADERS})

@@ -21,9 +21,9 @@ import msgspec
 
 from gateway.accounting.pricing import TokenUsage
 from gateway.accounting.tokens import count_prompt, count_text
-from gateway.errors import from_upstream, sse_error_frame
-from gateway.pipeline.call import usage_from
-from gateway.providers.base import UpstreamError
+from gateway.errors import GatewayError, ServiceUnavailableError, from_upstream, sse_error_frame
+from gateway.pipeline.call import is_utf8, usage_from
+from gateway.providers.base import UpstreamError, UpstreamProtocolError
 from gateway.schema.openai import ChatRequest, chunk_view_decoder
 
 DONE_FRAME = b"data: [DONE]\n\n"
@@ -40,6 +40,9 @@ class StreamMeter:
 
     def frame(self, payload: bytes) -> bytes | None:
         """The SSE frame to send for one upstream payload, or None to drop it."""
+        if not is_utf8(payload):
+            # Relayed, it would break the client's SSE decoder; decoded, it raises mid-relay.
+            raise UpstreamProtocolError("upstream sent an event that is not valid UTF-8")
         try:
             chunk = chunk_view_decoder.decode(payload)
         except msgspec.MsgspecError:
@@ -74,14 +77,23 @@ async def open_stream(stream: AsyncIterator[bytes]) -> bytes | None:
         return None
 
 
+_DRAIN_CUT = "The gateway is shutting down: the stream was ended at the drain deadline."
+
+
 async def relay(
     first: bytes | None,
     upstream: AsyncIterator[bytes],
     meter: StreamMeter,
-    on_error: Callable[[UpstreamError], None],
+    *,
+    cut_short: Callable[[], bool],
+    on_error: Callable[[GatewayError], None],
     on_end: Callable[[bool], None],
 ) -> AsyncIterator[bytes]:
-    """SSE frames for the client; `on_end(delivered_done)` runs exactly once, on every exit path."""
+    """SSE frames for the client; `on_end(delivered_done)` runs exactly once, on every exit path.
+
+    `cut_short()` is asked after every event; when it turns true (the drain deadline passed) the
+    stream ends with a terminal error event instead of waiting for the upstream.
+    """
     done = False
     try:
         if first is not None:
@@ -92,11 +104,17 @@ async def relay(
                 frame = meter.frame(payload)
                 if frame is not None:
                     yield frame
+                if cut_short():
+                    error: GatewayError = ServiceUnavailableError(_DRAIN_CUT, outcome="shutdown")
+                    on_error(error)
+                    yield sse_error_frame(error)
+                    return
         done = True
         yield DONE_FRAME
     except UpstreamError as exc:
-        on_error(exc)
-        yield sse_error_frame(from_upstream(exc))
+        error = from_upstream(exc)
+        on_error(error)
+        yield sse_error_frame(error)
     finally:
         on_end(done)
         with contextlib.suppress(UpstreamError, RuntimeError, asyncio.CancelledError):

@@ -11,6 +11,8 @@ import msgspec
 from tenants.models import Quota
 
 TenantName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+DEFAULT_ROLL_OVERLAP_S = 86_400
+MAX_ROLL_OVERLAP_S = 366 * 86_400
 
 
 class QuotaIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,6 +48,11 @@ class KeyIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     """When the key stops working (UTC); omitted → never."""
 
 
+class KeyRollIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    overlap_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_ROLL_OVERLAP_S)] = DEFAULT_ROLL_OVERLAP_S
+    """Seconds the old key keeps working after the roll (0: it stops at once); never extends an earlier expiry."""
+
+
 class TenantOut(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     name: str
@@ -75,6 +82,18 @@ class KeyCreated(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     created_at: dt.datetime
     expires_at: dt.datetime | None
+
+
+class KeyRolled(msgspec.Struct, frozen=True, kw_only=True):
+    """A roll's answer: the new key, shown once like `KeyCreated`, and the old key's new expiry."""
+
+    id: str
+    tenant_id: str
+    prefix: str
+    key: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    old_key: KeyOut
 
 
 class KeyList(msgspec.Struct, frozen=True, kw_only=True):

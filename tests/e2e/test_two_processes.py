@@ -8,18 +8,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import ADMIN_TOKEN, config_toml
-from tests.processes import ServeProcess, serve_processes
+from tests.harness import config_toml
+from tests.processes import ADMIN, ServeProcess, serve_processes, tenant_key
 
-ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
-
-
-async def _tenant_key(base: str, **quota: object) -> tuple[str, str, str]:
-    async with httpx.AsyncClient(base_url=base, headers=ADMIN) as admin:
-        tenant = (await admin.post("/admin/tenants", json={"name": "two-proc", "quota": quota})).json()
-        key = (await admin.post(f"/admin/tenants/{tenant['id']}/keys", json={})).json()
-    return tenant["id"], key["id"], key["key"]
 
 
 async def _chat(client: httpx.AsyncClient, proc: ServeProcess, key: str) -> httpx.Response:
@@ -33,7 +25,7 @@ async def test_rpm_limit_of_10_holds_across_two_processes(tmp_path: Path, databa
     with serve_processes(
         tmp_path, config_toml(), count=2, database_url=database_url, redis_url=redis_url, extra_env=env
     ) as procs:
-        _, _, key = await _tenant_key(procs[0].base, rpm=10)
+        _, _, key = await tenant_key(procs[0].base, rpm=10)
         async with httpx.AsyncClient(timeout=30) as client:
             responses = await asyncio.gather(*(_chat(client, procs[i % 2], key) for i in range(30)))
             metrics = [(await client.get(f"{proc.base}/metrics")).text for proc in procs]
@@ -53,7 +45,7 @@ async def test_key_revoked_through_one_process_is_refused_by_the_other_within_on
     tmp_path: Path, database_url: str, redis_url: str
 ) -> None:
     with serve_processes(tmp_path, config_toml(), count=2, database_url=database_url, redis_url=redis_url) as procs:
-        _, key_id, key = await _tenant_key(procs[0].base)
+        _, key_id, key = await tenant_key(procs[0].base)
         async with httpx.AsyncClient(timeout=10) as client:
             assert (await _chat(client, procs[1], key)).status_code == 200  # warm P2's auth cache
             revoke = await client.delete(f"{procs[0].base}/admin/keys/{key_id}", headers=ADMIN)

@@ -1,0 +1,68 @@
+"""The shapes the quota domain passes around: levels, what a request may consume, what admission decided."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal, TypeAlias
+
+import msgspec
+
+QuotaKind: TypeAlias = Literal["rpm", "tpm", "budget", "concurrency", "queue"]
+Scope: TypeAlias = Literal["tenant", "key", "model", "user"]
+BudgetPeriod: TypeAlias = Literal["day", "month"]
+
+
+class LevelLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Limits at one level; `None` means unlimited."""
+
+    rpm: int | None = None
+    """Requests per window (a minute unless `window_s` says otherwise)."""
+    tpm: int | None = None
+    """Tokens (prompt estimate + completion limit, settled to real usage) per window."""
+    budget_usd: Decimal | None = None
+    budget_period: BudgetPeriod = "month"
+    max_concurrency: int | None = None
+    shadow: bool = False
+    """Evaluate and count, but do not enforce."""
+    window_s: int = 60
+    """Length of the rpm/tpm sliding window in seconds."""
+
+    @property
+    def empty(self) -> bool:
+        return self.rpm is None and self.tpm is None and self.budget_usd is None and self.max_concurrency is None
+
+
+class Level(msgspec.Struct, frozen=True, kw_only=True):
+    """One place limits apply: the tenant, one of its keys, a model it calls, or one of its end users."""
+
+    tenant_id: str
+    scope: Scope
+    scope_id: str
+    limits: LevelLimits
+
+
+class Demand(msgspec.Struct, frozen=True, kw_only=True):
+    """The most a request may consume: reserved before the call, settled to the real use after."""
+
+    request_id: str
+    tokens: int
+    cost_usd: Decimal
+
+
+class Window(msgspec.Struct, frozen=True):
+    limit: int
+    remaining: int
+    reset_s: float
+
+
+class Admission(msgspec.Struct, frozen=True, kw_only=True):
+    """What admission decided, for the response headers, metrics and the ledger."""
+
+    requests: Window | None = None
+    tokens: Window | None = None
+    admitted_at_ms: int | None = None
+    """Redis clock at admission (None when no Redis limit applied)."""
+    shadow_rejections: tuple[QuotaKind, ...] = ()
+    """Limits in shadow mode this request would have exceeded."""
+    fail_open: bool = False
+    """Decided by the local fallback because Redis was unreachable."""
