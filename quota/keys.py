@@ -20,7 +20,9 @@ def _scope_id(level: Level) -> str:
 def level_keys(level: Level, period: str) -> list[str]:
     """The six keys of one level, in the order reserve.lua and settle.lua expect."""
     base = f"{PREFIX}:{{t:{level.tenant_id}}}:{level.scope}:{_scope_id(level)}"
-    return [f"{base}:rpm", f"{base}:tpm", f"{base}:tpmv", f"{base}:bud:{period}", f"{base}:inf", f"{base}:res"]
+    # `res` is per budget period, like the `bud` counter its entries add up to: a leaked reservation from
+    # an earlier period must not be released from (drive negative) the current period's `reserved`.
+    return [f"{base}:rpm", f"{base}:tpm", f"{base}:tpmv", f"{base}:bud:{period}", f"{base}:inf", f"{base}:res:{period}"]
 
 
 def settled_marker(tenant_id: str, request_id: str) -> str:

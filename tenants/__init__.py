@@ -5,7 +5,7 @@ from __future__ import annotations
 from tenants.auth import Authenticator
 from tenants.errors import InvalidKeyError, KeyRevokedError, TenantNotFoundError, TenantsBackendError
 from tenants.keys import IssuedKey, KeyHasher, ParsedKey, issue_key, parse_key
-from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantContext, TenantId
+from tenants.models import ApiKey, KeyId, Quota, QuotaRules, ScopedLimits, Tenant, TenantContext, TenantId
 from tenants.store import TenantStore
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "KeyRevokedError",
     "ParsedKey",
     "Quota",
+    "QuotaRules",
+    "ScopedLimits",
     "Tenant",
     "TenantContext",
     "TenantId",

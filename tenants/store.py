@@ -7,23 +7,24 @@ import uuid
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from tenants.errors import KeyRevokedError, TenantNotFoundError, TenantsBackendError
 from tenants.keys import IssuedKey, KeyHasher, issue_key
-from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantContext, TenantId
+from tenants.models import ApiKey, KeyId, Quota, QuotaRules, Tenant, TenantContext, TenantId
 
 _LIST_TENANTS = """
-SELECT t.id, t.name, t.created_at, q.rpm, q.tpm, q.budget_usd, q.budget_period, q.max_concurrency, q.weight
+SELECT t.id, t.name, t.created_at, q.rpm, q.tpm, q.budget_usd, q.budget_period, q.max_concurrency, q.weight, q.rules
 FROM tenants t LEFT JOIN quotas q ON q.tenant_id = t.id ORDER BY t.created_at
 """
 _GET_TENANT = """
-SELECT t.id, t.name, t.created_at, q.rpm, q.tpm, q.budget_usd, q.budget_period, q.max_concurrency, q.weight
+SELECT t.id, t.name, t.created_at, q.rpm, q.tpm, q.budget_usd, q.budget_period, q.max_concurrency, q.weight, q.rules
 FROM tenants t LEFT JOIN quotas q ON q.tenant_id = t.id WHERE t.id = $1
 """
 _KEY_BY_PREFIX = """
 SELECT k.id AS key_id, k.tenant_id, k.prefix, k.digest, k.pepper_version, k.created_at AS key_created_at,
        k.revoked_at, k.expires_at,
-       t.name, q.rpm, q.tpm, q.budget_usd, q.budget_period, q.max_concurrency, q.weight
+       t.name, q.rpm, q.tpm, q.budget_usd, q.budget_period, q.max_concurrency, q.weight, q.rules
 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id LEFT JOIN quotas q ON q.tenant_id = t.id
 WHERE k.prefix = $1
 """
@@ -48,8 +49,14 @@ def _as_uuid(value: str) -> uuid.UUID:
         raise TenantNotFoundError(value) from None
 
 
+_rules_decoder = msgspec.json.Decoder(QuotaRules)
+
+
 def _quota(row: asyncpg.Record) -> Quota:
+    raw = row["rules"]
+    rules = _rules_decoder.decode(raw) if raw else QuotaRules()
     return Quota(
+        **msgspec.structs.asdict(rules),
         rpm=row["rpm"],
         tpm=row["tpm"],
         budget_usd=row["budget_usd"],
@@ -136,10 +143,12 @@ class TenantStore:
     ) -> None:
         await conn.execute(
             """
-            INSERT INTO quotas (tenant_id, rpm, tpm, budget_usd, budget_period, max_concurrency, weight, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+            INSERT INTO quotas (
+                tenant_id, rpm, tpm, budget_usd, budget_period, max_concurrency, weight, rules, updated_at
+            )
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, now())
             ON CONFLICT (tenant_id) DO UPDATE SET rpm = $2, tpm = $3, budget_usd = $4, budget_period = $5,
-                max_concurrency = $6, weight = $7, updated_at = now()
+                max_concurrency = $6, weight = $7, rules = $8::jsonb, updated_at = now()
             """,
             tenant_id,
             quota.rpm,
@@ -148,6 +157,7 @@ class TenantStore:
             quota.budget_period,
             quota.max_concurrency,
             quota.weight,
+            msgspec.json.encode(quota.rules()).decode(),
         )
 
     async def create_key(

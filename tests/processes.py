@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ from tests.harness import ADMIN_TOKEN, PEPPER, UPSTREAM_KEY
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-async def tenant_key(base: str, name: str = "acme", **quota: object) -> tuple[str, str, str]:
+async def tenant_key(
+    base: str, name: str = "acme", *, verify: ssl.SSLContext | bool = True, **quota: object
+) -> tuple[str, str, str]:
     """A tenant made through a gateway's admin API and one key for it: (tenant id, key id, key)."""
-    async with httpx.AsyncClient(base_url=base, headers=ADMIN, timeout=30) as admin:
+    async with httpx.AsyncClient(base_url=base, headers=ADMIN, timeout=30, verify=verify) as admin:
         tenant = (await admin.post("/admin/tenants", json={"name": name, "quota": quota})).json()
         key = (await admin.post(f"/admin/tenants/{tenant['id']}/keys", json={})).json()
     return tenant["id"], key["id"], key["key"]
@@ -52,7 +55,7 @@ class ServeProcess:
             cwd=workdir,
         )
 
-    def wait_ready(self, timeout: float = 60.0, verify: str | bool = True) -> None:
+    def wait_ready(self, timeout: float = 60.0, verify: ssl.SSLContext | bool = True) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -95,7 +98,7 @@ def serve_processes(
     extra_env: Mapping[str, str] | None = None,
     args: list[str] | None = None,
     scheme: str = "http",
-    verify: str | bool = True,
+    verify: ssl.SSLContext | bool = True,
 ) -> Iterator[list[ServeProcess]]:
     """`count` gateway processes sharing one Postgres and Redis (embedded when URLs are None)."""
     config_path = workdir / "sluice.toml"

@@ -26,6 +26,7 @@ from gateway.schema.admin import (
     TenantOut,
     TenantPatch,
     UsageOut,
+    check_quota,
 )
 from tenants.errors import KeyRevokedError
 from tenants.models import ApiKey, KeyId, Quota, Tenant, TenantId
@@ -39,6 +40,13 @@ def require_admin(connection: ASGIConnection[BaseRouteHandler, None, None, State
     expected = runtime.admin_token
     if expected is None or not token or not hmac.compare_digest(token.encode(), expected.encode()):
         raise AuthenticationError("This route needs the admin token.", code="invalid_admin_token")
+
+
+def _checked(quota: Quota) -> Quota:
+    param = check_quota(quota)
+    if param is not None:
+        raise InvalidRequestError("Budgets must not be negative.", param=param)
+    return quota
 
 
 def _rt(state: State) -> Runtime:
@@ -63,7 +71,7 @@ def _key_out(key: ApiKey) -> KeyOut:
 
 @post("/tenants", status_code=201)
 async def create_tenant(data: TenantIn, state: State) -> TenantOut:
-    quota = data.quota.to_quota() if data.quota else Quota()
+    quota = _checked(data.quota or Quota())
     return _tenant_out(await _rt(state).store.create_tenant(data.name, quota))
 
 
@@ -153,7 +161,7 @@ async def get_quota(tenant_id: str, state: State) -> Quota:
 @put("/tenants/{tenant_id:str}/quota")
 async def put_quota(tenant_id: str, data: QuotaIn, state: State) -> Quota:
     rt = _rt(state)
-    tenant = await rt.store.put_quota(TenantId(tenant_id), data.to_quota())
+    tenant = await rt.store.put_quota(TenantId(tenant_id), _checked(data))
     await rt.authenticator.announce_change()
     return tenant.quota
 

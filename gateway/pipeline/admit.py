@@ -7,27 +7,48 @@ from gateway.accounting.tokens import count_prompt
 from gateway.runtime import ResolvedRoute
 from gateway.schema.openai import ChatRequest
 from gateway.settings import Limits
-from quota.types import Demand, Level, LevelLimits
-from tenants.models import TenantContext
+from quota.types import Demand, Level, LevelLimits, Scope
+from tenants.models import Quota, ScopedLimits, TenantContext
+
+
+def _limits(limits: ScopedLimits | Quota, mode: str, window_s: int) -> LevelLimits | None:
+    if mode == "off":
+        return None
+    return LevelLimits(
+        rpm=limits.rpm,
+        tpm=limits.tpm,
+        budget_usd=limits.budget_usd,
+        budget_period=limits.budget_period,
+        max_concurrency=limits.max_concurrency,
+        shadow=mode == "shadow",
+        window_s=window_s,
+    )
 
 
 def levels_for(tenant: TenantContext, request: ChatRequest) -> list[Level]:
-    del request  # key, model and end-user levels join here with the quota issue's per-level limits
-    quota = tenant.quota
-    limits = LevelLimits(
-        rpm=quota.rpm,
-        tpm=quota.tpm,
-        budget_usd=quota.budget_usd,
-        budget_period=quota.budget_period,
-        max_concurrency=quota.max_concurrency,
-    )
-    return [Level(tenant_id=tenant.tenant_id, scope="tenant", scope_id=tenant.tenant_id, limits=limits)]
+    """Every quota level that applies: the tenant, the key used, the model called, and the end user
+    named in `user` when the tenant limits end users (checked and taken together, atomically)."""
+    quota, tenant_id = tenant.quota, tenant.tenant_id
+    candidates: list[tuple[Scope, str, ScopedLimits | Quota, str]] = [("tenant", tenant_id, quota, quota.mode)]
+    if (key_limits := quota.keys.get(tenant.key_id)) is not None:
+        candidates.append(("key", tenant.key_id, key_limits, key_limits.mode))
+    if (model_limits := quota.models.get(request.model)) is not None:
+        candidates.append(("model", request.model, model_limits, model_limits.mode))
+    if quota.end_user is not None and request.user:
+        candidates.append(("user", request.user, quota.end_user, quota.end_user.mode))
+    levels = []
+    for scope, scope_id, limits, mode in candidates:
+        level_limits = _limits(limits, mode, quota.window_s)
+        if level_limits is not None and not level_limits.empty:
+            levels.append(Level(tenant_id=tenant_id, scope=scope, scope_id=scope_id, limits=level_limits))
+    return levels
 
 
-def demand_for(request: ChatRequest, resolved: ResolvedRoute, limits: Limits, request_id: str) -> Demand:
-    """The most this request may consume: its prompt (tiktoken) plus its completion limit, × `n`."""
+def demand_for(request: ChatRequest, resolved: ResolvedRoute, limits: Limits, request_id: str) -> tuple[Demand, int]:
+    """The most this request may consume (its prompt by tiktoken plus its completion limit × `n`), and the
+    completion tokens of that allowance, which a stream may not exceed."""
     prompt = count_prompt(request)
     choices = request.n or 1
     completion = (request.completion_limit or limits.default_max_tokens) * choices
     worst = TokenUsage(prompt_tokens=prompt, completion_tokens=completion)
-    return Demand(request_id=request_id, tokens=worst.total, cost_usd=cost_usd(worst, resolved.price))
+    return Demand(request_id=request_id, tokens=worst.total, cost_usd=cost_usd(worst, resolved.price)), completion

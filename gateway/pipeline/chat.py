@@ -25,7 +25,7 @@ from litestar.response import Stream
 
 from gateway.accounting.pricing import format_usd
 from gateway.context import RequestContext
-from gateway.errors import AuthenticationError, GatewayError, ServiceUnavailableError
+from gateway.errors import AuthenticationError, GatewayError, RateLimitedError, ServiceUnavailableError
 from gateway.pipeline.account import charge, finish
 from gateway.pipeline.admit import demand_for, levels_for
 from gateway.pipeline.call import call
@@ -36,16 +36,23 @@ from gateway.providers.base import UpstreamCall
 from gateway.runtime import ResolvedRoute, Runtime
 from quota.headers import rate_limit_headers
 from quota.limiter import Reservation
+from tenants.errors import InvalidKeyError
 from tenants.models import TenantContext
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_DRAIN_CUT = "The gateway is shutting down: the stream was ended at the drain deadline."
+_RESERVATION_USED = "The stream used up the tokens reserved for it (`max_tokens`); it was ended to avoid overspending."
 
 
 async def authenticate(rt: Runtime, authorization: str | None) -> TenantContext:
     if authorization is None or not authorization.startswith("Bearer "):
         rt.metrics.auth_failures.labels("missing").inc()
         raise AuthenticationError("You didn't provide an API key; send `Authorization: Bearer <key>`.")
-    return await rt.authenticator.authenticate(authorization[len("Bearer ") :].strip())
+    try:
+        return await rt.authenticator.authenticate(authorization[len("Bearer ") :].strip())
+    except InvalidKeyError as exc:
+        rt.metrics.auth_failures.labels(exc.reason).inc()
+        raise
 
 
 async def run_chat(
@@ -67,7 +74,7 @@ async def run_chat(
         resolved.provider.kind,
     )
     with ctx.timed("admit"):
-        demand = demand_for(request, resolved, rt.limits, ctx.request_id)
+        demand, allowance = demand_for(request, resolved, rt.limits, ctx.request_id)
         reservation = await rt.limiter.reserve(levels_for(tenant, request), demand)
     for kind in reservation.admission.shadow_rejections:
         rt.metrics.quota_shadow_rejections.labels(rt.metrics.bounds.tenant(tenant.tenant_id), kind).inc()
@@ -80,7 +87,7 @@ async def run_chat(
     }
     call_ = UpstreamCall(request=request, payload=payload, request_id=ctx.request_id)
     if request.is_stream:
-        return await _streamed(rt, ctx, resolved, call_, reservation, headers)
+        return await _streamed(rt, ctx, resolved, call_, reservation, allowance, headers)
     return await _answered(rt, ctx, resolved, call_, reservation, headers)
 
 
@@ -113,6 +120,7 @@ async def _streamed(
     resolved: ResolvedRoute,
     call_: UpstreamCall,
     reservation: Reservation,
+    allowance: int,
     headers: dict[str, str],
 ) -> Stream:
     assert ctx.tenant is not None
@@ -126,7 +134,7 @@ async def _streamed(
     except BaseException:
         await reservation.settle(0, Decimal(0))
         raise
-    meter = StreamMeter(call_.request)
+    meter = StreamMeter(call_.request, allowance=allowance)
 
     def on_error(error: GatewayError) -> None:
         ctx.truncated, ctx.outcome = True, error.outcome
@@ -142,7 +150,13 @@ async def _streamed(
         rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))
 
     loop = asyncio.get_running_loop()
-    frames = relay(
-        first, upstream, meter, cut_short=lambda: rt.drain_expired(loop.time()), on_error=on_error, on_end=on_end
-    )
+
+    def cut_short() -> GatewayError | None:
+        if rt.drain_expired(loop.time()):
+            return ServiceUnavailableError(_DRAIN_CUT, outcome="shutdown")
+        if meter.exhausted:
+            return RateLimitedError(_RESERVATION_USED, code="tokens_limit_exceeded", outcome="rate_limited")
+        return None
+
+    frames = relay(first, upstream, meter, cut_short=cut_short, on_error=on_error, on_end=on_end)
     return Stream(frames, media_type="text/event-stream", status_code=200, headers={**headers, **_SSE_HEADERS})

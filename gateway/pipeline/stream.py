@@ -21,7 +21,7 @@ import msgspec
 
 from gateway.accounting.pricing import TokenUsage
 from gateway.accounting.tokens import count_prompt, count_text
-from gateway.errors import GatewayError, ServiceUnavailableError, from_upstream, sse_error_frame
+from gateway.errors import GatewayError, from_upstream, sse_error_frame
 from gateway.pipeline.call import is_utf8, usage_from
 from gateway.providers.base import UpstreamError, UpstreamProtocolError
 from gateway.schema.openai import ChatRequest, chunk_view_decoder
@@ -32,8 +32,10 @@ DONE_FRAME = b"data: [DONE]\n\n"
 class StreamMeter:
     """Counts what a stream delivered: upstream usage when reported, else the text, tokenized at the end."""
 
-    def __init__(self, request: ChatRequest) -> None:
+    def __init__(self, request: ChatRequest, allowance: int | None = None) -> None:
         self._request = request
+        self._allowance = allowance
+        self._pieces = 0
         self._client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
         self._parts: list[str] = []
         self.reported: TokenUsage | None = None
@@ -53,6 +55,7 @@ class StreamMeter:
                 continue
             if delta.content:
                 self._parts.append(delta.content)
+                self._pieces += 1
             for tool_call in delta.tool_calls or ():
                 if tool_call.function is not None:
                     self._parts.append((tool_call.function.name or "") + (tool_call.function.arguments or ""))
@@ -61,6 +64,14 @@ class StreamMeter:
             if not chunk.choices and not self._client_wants_usage:
                 return None
         return b"data: " + payload + b"\n\n"
+
+    @property
+    def exhausted(self) -> bool:
+        """More completion delivered than was reserved (an upstream ignoring `max_tokens`): stop before overspending.
+
+        Upstreams send about one token per content delta; the precise count is settled at the end.
+        """
+        return self._allowance is not None and self._pieces > self._allowance
 
     def usage(self) -> tuple[TokenUsage, str]:
         if self.reported is not None:
@@ -77,22 +88,19 @@ async def open_stream(stream: AsyncIterator[bytes]) -> bytes | None:
         return None
 
 
-_DRAIN_CUT = "The gateway is shutting down: the stream was ended at the drain deadline."
-
-
 async def relay(
     first: bytes | None,
     upstream: AsyncIterator[bytes],
     meter: StreamMeter,
     *,
-    cut_short: Callable[[], bool],
+    cut_short: Callable[[], GatewayError | None],
     on_error: Callable[[GatewayError], None],
     on_end: Callable[[bool], None],
 ) -> AsyncIterator[bytes]:
     """SSE frames for the client; `on_end(delivered_done)` runs exactly once, on every exit path.
 
-    `cut_short()` is asked after every event; when it turns true (the drain deadline passed) the
-    stream ends with a terminal error event instead of waiting for the upstream.
+    `cut_short()` is asked after every event; when it names an error (the drain deadline passed, the
+    reservation is used up) the stream ends with that terminal error event instead of going on.
     """
     done = False
     try:
@@ -104,8 +112,7 @@ async def relay(
                 frame = meter.frame(payload)
                 if frame is not None:
                     yield frame
-                if cut_short():
-                    error: GatewayError = ServiceUnavailableError(_DRAIN_CUT, outcome="shutdown")
+                if (error := cut_short()) is not None:
                     on_error(error)
                     yield sse_error_frame(error)
                     return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 
@@ -15,23 +15,15 @@ DEFAULT_ROLL_OVERLAP_S = 86_400
 MAX_ROLL_OVERLAP_S = 366 * 86_400
 
 
-class QuotaIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    rpm: Annotated[int, msgspec.Meta(ge=0, le=100_000_000)] | None = None
-    tpm: Annotated[int, msgspec.Meta(ge=0, le=2_000_000_000)] | None = None
-    budget_usd: Decimal | None = None
-    budget_period: Literal["day", "month"] = "month"
-    max_concurrency: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] | None = None
-    weight: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+QuotaIn = Quota
+"""The admin API takes the quota Struct itself: typed, ranged, unknown fields refused."""
 
-    def to_quota(self) -> Quota:
-        return Quota(
-            rpm=self.rpm,
-            tpm=self.tpm,
-            budget_usd=self.budget_usd,
-            budget_period=self.budget_period,
-            max_concurrency=self.max_concurrency,
-            weight=self.weight,
-        )
+
+def check_quota(quota: Quota) -> str | None:
+    """The first reason the quota is invalid beyond its types (budgets must not be negative), or None."""
+    if any(budget < 0 for budget in quota.budgets()):
+        return "budget_usd"
+    return None
 
 
 class TenantIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
