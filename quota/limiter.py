@@ -34,7 +34,7 @@ from quota import keys
 from quota.errors import QuotaBackendError, QuotaExceededError
 from quota.periods import period_bounds, period_id
 from quota.scripts import Scripts, register
-from quota.types import Admission, Demand, Level, QuotaKind, Window
+from quota.types import Admission, Demand, Level, LevelUsage, QuotaKind, Window
 
 _NANO = Decimal("0.000000001")
 _MARKER_TTL_MS = 86_400_000
@@ -83,6 +83,7 @@ class Limiter:
         on_fail_open: Callable[[QuotaKind], None] = lambda kind: None,
         on_settle_error: Callable[[], None] = lambda: None,
     ) -> None:
+        self._client = client
         self._scripts: Scripts = register(client)
         self._spend = spend
         self._timeout_s = timeout_s
@@ -185,6 +186,26 @@ class Limiter:
             self._local_tokens.hit(_local_item(limits.tpm, share, limits.window_s), *ident, cost=demand.tokens)
         if limits.max_concurrency is not None:
             self._local_inflight[ident] += 1
+
+    async def usage(self, level: Level) -> LevelUsage:
+        """What a level has used of its limits right now (read-only; for usage endpoints, not the hot path)."""
+        now = dt.datetime.now(dt.UTC)
+        rpm, tpm, tpmv, bud, inf, _ = keys.level_keys(level, period_id(level.limits.budget_period, now))
+        window_ms = level.limits.window_s * 1000
+        now_ms = int(now.timestamp() * 1000)
+        requests = await self._client.zcount(rpm, now_ms - window_ms, "+inf")
+        live_ids = await self._client.zrangebyscore(tpm, now_ms - window_ms, "+inf")
+        token_map = await self._client.hgetall(tpmv)
+        spent, reserved = await self._client.hmget(bud, ["spent", "reserved"])
+        inflight = await self._client.zcount(inf, now_ms, "+inf")
+        tokens = sum(int(token_map.get(rid, 0)) for rid in live_ids if isinstance(rid, bytes | str))
+        return LevelUsage(
+            requests=int(requests),
+            tokens=tokens,
+            spent_usd=Decimal(int(spent or 0)) * _NANO,
+            reserved_usd=Decimal(int(reserved or 0)) * _NANO,
+            inflight=int(inflight),
+        )
 
     # --- settlement ------------------------------------------------------------------------
 

@@ -66,3 +66,13 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     """Limits in shadow mode this request would have exceeded."""
     fail_open: bool = False
     """Decided by the local fallback because Redis was unreachable."""
+
+
+class LevelUsage(msgspec.Struct, frozen=True, kw_only=True):
+    """What a level is using now: requests and tokens in its window, spend this period, requests in flight."""
+
+    requests: int
+    tokens: int
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    inflight: int

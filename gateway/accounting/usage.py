@@ -5,10 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from typing import Literal
 
 import asyncpg
 
-from gateway.schema.admin import ModelUsage, UsageOut
+from gateway.schema.admin import ModelUsage, QuotaRemaining, UsageOut
+from quota.limiter import Limiter
+from quota.types import Level
 
 _BY_MODEL = """
 SELECT model, count(*) AS requests, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
@@ -41,6 +44,37 @@ async def usage_summary(pool: asyncpg.Pool, tenant_id: str, since: dt.datetime, 
         cost_usd=sum((m.cost_usd for m in by_model), Decimal(0)),
         by_model=by_model,
     )
+
+
+async def quota_remaining(limiter: Limiter, levels: list[Level]) -> list[QuotaRemaining]:
+    rows: list[QuotaRemaining] = []
+    for level in levels:
+        use = await limiter.usage(level)
+        limits = level.limits
+        mode: Literal["enforce", "shadow"] = "shadow" if limits.shadow else "enforce"
+        window = f"{limits.window_s}s"
+        found: list[tuple[Literal["rpm", "tpm", "budget", "concurrency"], Decimal | int | None, Decimal | int, str]] = [
+            ("rpm", limits.rpm, use.requests, window),
+            ("tpm", limits.tpm, use.tokens, window),
+            ("budget", limits.budget_usd, use.spent_usd + use.reserved_usd, limits.budget_period),
+            ("concurrency", limits.max_concurrency, use.inflight, "now"),
+        ]
+        for kind, limit, used, span in found:
+            if limit is None:
+                continue
+            rows.append(
+                QuotaRemaining(
+                    scope=level.scope,
+                    scope_id=level.scope_id,
+                    kind=kind,
+                    limit=Decimal(limit),
+                    used=Decimal(used),
+                    remaining=max(Decimal(0), Decimal(limit) - Decimal(used)),
+                    mode=mode,
+                    window=span,
+                )
+            )
+    return rows
 
 
 def month_start(now: dt.datetime) -> dt.datetime:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 
+import msgspec
 from litestar import Router, delete, get, patch, post, put
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
-from gateway.accounting.usage import month_start, usage_summary
+from gateway.accounting.usage import month_start, quota_remaining, usage_summary
 from gateway.errors import AuthenticationError, InvalidRequestError
+from gateway.pipeline.admit import configured_levels
 from gateway.runtime import Runtime
 from gateway.schema.admin import (
     KeyCreated,
@@ -177,7 +179,9 @@ async def tenant_usage(
     since = since or month_start(now)
     if since.tzinfo is None or until.tzinfo is None:
         raise InvalidRequestError("`since` and `until` need a time zone (e.g. `Z`).", param="since")
-    return await usage_summary(rt.pool, tenant.id, since, until)
+    summary = await usage_summary(rt.pool, tenant.id, since, until)
+    quotas = await quota_remaining(rt.limiter, configured_levels(tenant.id, tenant.quota))
+    return msgspec.structs.replace(summary, quotas=quotas)
 
 
 admin_router = Router(

@@ -9,10 +9,11 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 
-from gateway.accounting.usage import month_start, usage_summary
+from gateway.accounting.usage import month_start, quota_remaining, usage_summary
 from gateway.context import RequestContext
 from gateway.errors import error_body, to_gateway_error
 from gateway.pipeline.account import finish
+from gateway.pipeline.admit import configured_levels
 from gateway.pipeline.chat import authenticate, run_chat
 from gateway.runtime import Runtime
 from gateway.schema.openai import ModelCard, ModelList
@@ -64,4 +65,5 @@ async def own_usage(request: Request[None, None, State], state: State) -> Respon
         return error_response(exc, ctx)
     now = dt.datetime.now(dt.UTC)
     summary = await usage_summary(rt.pool, tenant.tenant_id, month_start(now), now)
-    return Response(msgspec.json.encode(summary), media_type="application/json")
+    quotas = await quota_remaining(rt.limiter, configured_levels(tenant.tenant_id, tenant.quota))
+    return Response(msgspec.json.encode(msgspec.structs.replace(summary, quotas=quotas)), media_type="application/json")

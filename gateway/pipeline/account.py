@@ -14,7 +14,14 @@ from gateway.observability.logging import request_logger
 from gateway.runtime import ResolvedRoute, Runtime
 
 
-def charge(rt: Runtime, ctx: RequestContext, resolved: ResolvedRoute, usage: TokenUsage, source: str) -> None:
+def charge(
+    rt: Runtime,
+    ctx: RequestContext,
+    resolved: ResolvedRoute,
+    usage: TokenUsage,
+    source: str,
+    admitted_at_ms: int | None = None,
+) -> None:
     """Price the call and write its usage record (queued; the ledger writes it in a batch)."""
     assert ctx.tenant is not None
     cost = cost_usd(usage, resolved.price)
@@ -42,6 +49,7 @@ def charge(rt: Runtime, ctx: RequestContext, resolved: ResolvedRoute, usage: Tok
             truncated=ctx.truncated,
             usage_source=source,
             duration_ms=round(ctx.elapsed() * 1000),
+            admitted_at=dt.datetime.fromtimestamp(admitted_at_ms / 1000, dt.UTC) if admitted_at_ms else None,
         )
     )
 

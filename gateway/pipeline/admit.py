@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from gateway.accounting.pricing import TokenUsage, cost_usd
 from gateway.accounting.tokens import count_prompt
 from gateway.runtime import ResolvedRoute
@@ -25,23 +27,40 @@ def _limits(limits: ScopedLimits | Quota, mode: str, window_s: int) -> LevelLimi
     )
 
 
+_Candidate: TypeAlias = tuple[Scope, str, ScopedLimits | Quota, str]
+
+
+def configured_levels(tenant_id: str, quota: Quota) -> list[Level]:
+    """The tenant-wide, per-key and per-model levels a quota defines (not per end user: unbounded)."""
+    candidates: list[_Candidate] = [("tenant", tenant_id, quota, quota.mode)]
+    candidates += [("key", key_id, limits, limits.mode) for key_id, limits in quota.keys.items()]
+    candidates += [("model", model, limits, limits.mode) for model, limits in quota.models.items()]
+    return _levels(tenant_id, quota.window_s, candidates)
+
+
+def _levels(
+    tenant_id: str, window_s: int, candidates: list[tuple[Scope, str, ScopedLimits | Quota, str]]
+) -> list[Level]:
+    levels = []
+    for scope, scope_id, limits, mode in candidates:
+        level_limits = _limits(limits, mode, window_s)
+        if level_limits is not None and not level_limits.empty:
+            levels.append(Level(tenant_id=tenant_id, scope=scope, scope_id=scope_id, limits=level_limits))
+    return levels
+
+
 def levels_for(tenant: TenantContext, request: ChatRequest) -> list[Level]:
     """Every quota level that applies: the tenant, the key used, the model called, and the end user
     named in `user` when the tenant limits end users (checked and taken together, atomically)."""
     quota, tenant_id = tenant.quota, tenant.tenant_id
-    candidates: list[tuple[Scope, str, ScopedLimits | Quota, str]] = [("tenant", tenant_id, quota, quota.mode)]
+    candidates: list[_Candidate] = [("tenant", tenant_id, quota, quota.mode)]
     if (key_limits := quota.keys.get(tenant.key_id)) is not None:
         candidates.append(("key", tenant.key_id, key_limits, key_limits.mode))
     if (model_limits := quota.models.get(request.model)) is not None:
         candidates.append(("model", request.model, model_limits, model_limits.mode))
     if quota.end_user is not None and request.user:
         candidates.append(("user", request.user, quota.end_user, quota.end_user.mode))
-    levels = []
-    for scope, scope_id, limits, mode in candidates:
-        level_limits = _limits(limits, mode, quota.window_s)
-        if level_limits is not None and not level_limits.empty:
-            levels.append(Level(tenant_id=tenant_id, scope=scope, scope_id=scope_id, limits=level_limits))
-    return levels
+    return _levels(tenant_id, quota.window_s, candidates)
 
 
 def demand_for(request: ChatRequest, resolved: ResolvedRoute, limits: Limits, request_id: str) -> tuple[Demand, int]:

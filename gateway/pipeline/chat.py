@@ -105,7 +105,7 @@ async def _answered(
     except BaseException:
         await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
         raise
-    charge(rt, ctx, resolved, usage, source)
+    charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
     assert ctx.cost is not None
     with ctx.timed("settle"):
         await reservation.settle(usage.total, ctx.cost)
@@ -144,7 +144,7 @@ async def _streamed(
         if not delivered_done and ctx.outcome == "ok":
             ctx.truncated, ctx.outcome = True, "client_disconnected"
         usage, source = meter.usage()
-        charge(rt, ctx, resolved, usage, source)
+        charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
         finish(rt, ctx)
         # A stream's `finally` cannot await (the client may be gone): settlement runs as a tracked task.
         rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))

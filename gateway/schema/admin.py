@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -100,6 +100,20 @@ class ModelUsage(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: Decimal
 
 
+class QuotaRemaining(msgspec.Struct, frozen=True, kw_only=True):
+    """One limit of one level: how much is used now and what remains (`null` limit fields are absent)."""
+
+    scope: Literal["tenant", "key", "model", "user"]
+    scope_id: str
+    kind: Literal["rpm", "tpm", "budget", "concurrency"]
+    limit: Decimal
+    used: Decimal
+    remaining: Decimal
+    mode: Literal["enforce", "shadow"]
+    window: str
+    """`60s` for rates, `day`/`month` for budgets, `now` for concurrency."""
+
+
 class UsageOut(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     since: dt.datetime
@@ -109,3 +123,5 @@ class UsageOut(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int
     cost_usd: Decimal
     by_model: list[ModelUsage]
+    quotas: list[QuotaRemaining] = []
+    """Live use of every configured limit (from Redis), for the tenant, its keys and its models."""
