@@ -66,7 +66,10 @@ def create_app(
         raise ValueError("a key pepper is required (SLUICE_KEY_PEPPER)")
     hasher = KeyHasher(peppers)
     registry = CollectorRegistry(auto_describe=True)
-    metrics_ = Metrics(registry, LabelBounds(m.name for m in config.models))
+    bounds = LabelBounds(
+        (m.name for m in config.models), settings.metrics_max_tenants, settings.metrics_tenants.split(",")
+    )
+    metrics_ = Metrics(registry, bounds, __version__)
     prices = config.prices
 
     @asynccontextmanager

@@ -18,6 +18,8 @@ class RequestContext:
         "cache",
         "cost",
         "deployment",
+        "error_code",
+        "first_token_s",
         "model",
         "outcome",
         "provider",
@@ -46,6 +48,8 @@ class RequestContext:
         self.usage: TokenUsage | None = None
         self.cost: Decimal | None = None
         self.outcome = "ok"
+        self.error_code: str | None = None
+        self.first_token_s: float | None = None
         self.truncated = False
         self.timings: dict[str, float] = {}
 
@@ -57,6 +61,18 @@ class RequestContext:
             yield
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter_ns() - start) / 1e9
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+    def server_timing(self) -> str:
+        """The `Server-Timing` header: each stage and the total so far, in milliseconds."""
+        parts = [f"{stage};dur={value * 1000:.3f}" for stage, value in self.timings.items()]
+        parts.append(f"total;dur={self.elapsed() * 1000:.3f}")
+        return ", ".join(parts)
+
+    def overhead_ms(self) -> float:
+        return max(0.0, (self.elapsed() - self.timings.get("upstream", 0.0)) * 1000)
 
     def elapsed(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e9

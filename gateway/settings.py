@@ -160,6 +160,10 @@ class Settings(Base, frozen=True):
     limiter (RELIABILITY §6.1 starts at 50 ms; on 2-core hosts event-loop stalls alone reach that under load)."""
     reservation_ttl_s: PositiveFloat = 600.0
     """`SLUICE_RESERVATION_TTL_S`: after this long an unsettled reservation (a crashed process's) expires on its own."""
+    metrics_max_tenants: Annotated[int, msgspec.Meta(ge=0)] = 100
+    """`SLUICE_METRICS_MAX_TENANTS`: tenants per process that get their own metric label (the rest: `other`)."""
+    metrics_tenants: str = ""
+    """`SLUICE_METRICS_TENANTS`: comma-separated tenant ids that always get their own metric label."""
     url: str = "http://127.0.0.1:8080"
     """`SLUICE_URL`: the gateway the CLI's admin commands talk to."""
     processes: PositiveInt = 1

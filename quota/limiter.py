@@ -9,7 +9,7 @@ in one Redis round trip; afterwards replace the reservation by what was really u
    (`SpendSource`) through `lua/seed.lua` before anything is admitted against it.
 3. `Reservation.settle` charges the real tokens and cost and releases the concurrency slot, exactly
    once (a marker key), on every exit path; a reservation never settled expires after its TTL.
-4. If Redis does not answer within `timeout_s`, requests and tokens fail open onto per-process
+4. If a Redis round trip takes longer than `timeout_s`, requests and tokens fail open onto per-process
    `limits` windows at ⌈limit / processes⌉ and concurrency onto a local count at ⌈C / processes⌉;
    budgets fail closed (`QuotaBackendError` → 503). Every fallback is reported (RELIABILITY §6.2).
 """
@@ -105,8 +105,7 @@ class Limiter:
         if not levels:
             return Reservation(self, levels, demand, periods, Admission())
         try:
-            async with asyncio.timeout(self._timeout_s):
-                admission = await self._reserve_in_redis(levels, demand, periods, now)
+            admission = await self._reserve_in_redis(levels, demand, periods, now)
         except (RedisError, OSError, TimeoutError):
             admission = self._reserve_locally(levels, demand)
         return Reservation(self, levels, demand, periods, admission)
@@ -133,7 +132,8 @@ class Limiter:
                 1 if limits.budget_usd is not None or limits.max_concurrency is not None else 0,
             ]
         for _ in range(len(levels) + 1):
-            result = await self._scripts.reserve(keys=redis_keys, args=args)
+            async with asyncio.timeout(self._timeout_s):
+                result = await self._scripts.reserve(keys=redis_keys, args=args)
             status, index, kind = int(result[0]), int(result[1]), _text(result[2])
             if status == -1:
                 await self._seed(levels[index - 1], periods[index - 1], now)
@@ -146,10 +146,13 @@ class Limiter:
 
     async def _seed(self, level: Level, period: str, now: dt.datetime) -> None:
         start, end = period_bounds(level.limits.budget_period, now)
+        # The ledger read is outside `timeout_s`, which bounds Redis round trips: a sum over a month of usage
+        # may take longer, and cutting it off would leave the counter unbuilt and the level at 503 for good.
         spent = await self._spend.spent_usd(level, start, end)
         budget_key = keys.level_keys(level, period)[3]
         ttl_ms = int((end - now).total_seconds() * 1000) + 86_400_000
-        await self._scripts.seed(keys=[budget_key], args=[to_nano(spent), ttl_ms])
+        async with asyncio.timeout(self._timeout_s):
+            await self._scripts.seed(keys=[budget_key], args=[to_nano(spent), ttl_ms])
 
     def _reserve_locally(self, levels: list[Level], demand: Demand) -> Admission:
         share = max(1, self._processes())

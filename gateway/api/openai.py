@@ -26,7 +26,7 @@ def _runtime(state: State) -> Runtime:
 
 def error_response(exc: BaseException, ctx: RequestContext) -> Response[bytes]:
     error = to_gateway_error(exc)
-    ctx.outcome = error.outcome
+    ctx.outcome, ctx.error_code = error.outcome, error.code
     return Response(error_body(error), status_code=error.status, media_type="application/json", headers=error.headers)
 
 

@@ -6,9 +6,10 @@ import asyncio
 
 from litestar import Response, get
 from litestar.datastructures import State
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, multiprocess
 from redis.exceptions import RedisError
 
+from gateway.observability.metrics import render
 from gateway.runtime import Runtime
 
 _PROBE_TIMEOUT_S = 1.0
@@ -42,8 +43,10 @@ async def readyz(state: State) -> Response[dict[str, str]]:
 @get("/metrics", include_in_schema=False)
 async def metrics(state: State) -> Response[bytes]:
     rt: Runtime = state.runtime
-    if rt.multiprocess_dir is None:
-        return Response(generate_latest(rt.registry), media_type=CONTENT_TYPE_LATEST)
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=rt.multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped upstream
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    registry = rt.registry
+    if rt.multiprocess_dir is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=rt.multiprocess_dir)  # type: ignore[no-untyped-call]  # untyped upstream
+    # Rendering walks every series: off the event loop, so a large scrape never stalls requests.
+    body = await asyncio.to_thread(render, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -26,9 +26,11 @@ def charge(
     assert ctx.tenant is not None
     cost = cost_usd(usage, resolved.price)
     ctx.usage, ctx.cost = usage, cost
+    served = (resolved.provider.kind, resolved.provider.model)
     rt.metrics.observe_charge(
-        ctx.tenant.tenant_id, resolved.alias, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, cost
-    )
+        ctx.tenant.tenant_id, resolved.alias, served, usage.prompt_tokens, usage.completion_tokens,
+        usage.cached_tokens, cost,
+    )  # fmt: skip
     rt.ledger.record(
         UsageRecord(
             request_id=ctx.request_id,
@@ -58,9 +60,15 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
     """Count the request and write its one log line (no key, no prompt, no completion)."""
     seconds = ctx.elapsed()
     tenant_id = ctx.tenant.tenant_id if ctx.tenant else None
-    rt.metrics.observe_request(tenant_id, ctx.model, ctx.outcome, seconds)
-    if ctx.outcome in ("rate_limited", "budget_exceeded", "queue_timeout"):
-        rt.metrics.quota_rejections.labels(rt.metrics.bounds.tenant(tenant_id), ctx.outcome).inc()
+    rt.metrics.observe_request(
+        tenant_id=tenant_id,
+        model=ctx.model,
+        outcome=ctx.outcome,
+        error_code=ctx.error_code,
+        seconds=seconds,
+        timings=ctx.timings,
+        first_token_s=ctx.first_token_s,
+    )
     usage = ctx.usage
     request_logger().info(
         "request",

@@ -31,7 +31,7 @@ from gateway.pipeline.admit import demand_for, levels_for
 from gateway.pipeline.call import call
 from gateway.pipeline.decode import decode_chat
 from gateway.pipeline.route import route
-from gateway.pipeline.stream import StreamMeter, open_stream, relay
+from gateway.pipeline.stream import StreamMeter, open_stream, relay, timed
 from gateway.providers.base import UpstreamCall
 from gateway.runtime import ResolvedRoute, Runtime
 from quota.headers import rate_limit_headers
@@ -99,17 +99,23 @@ async def _answered(
     reservation: Reservation,
     headers: dict[str, str],
 ) -> Response[bytes]:
+    provider = resolved.provider
     try:
         with ctx.timed("upstream"):
-            answer, usage, source = await call(resolved.provider, call_)
-    except BaseException:
+            answer, usage, source = await call(provider, call_)
+    except BaseException as exc:
+        rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"], type(exc).__name__)
         await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
         raise
-    charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
+    rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"], None)
+    with ctx.timed("account"):
+        charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
     assert ctx.cost is not None
     with ctx.timed("settle"):
         await reservation.settle(usage.total, ctx.cost)
     headers["x-sluice-cost-usd"] = format_usd(ctx.cost)
+    headers["x-sluice-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
+    headers["server-timing"] = ctx.server_timing()
     finish(rt, ctx)
     return Response(answer, media_type="application/json", status_code=200, headers=headers)
 
@@ -127,24 +133,29 @@ async def _streamed(
     tenant_label = rt.metrics.bounds.tenant(ctx.tenant.tenant_id)
     # Meter every stream: ask the upstream for usage even when the client did not (ECOSYSTEM §0.6).
     call_.payload["stream_options"] = {**(call_.payload.get("stream_options") or {}), "include_usage": True}
-    upstream = resolved.provider.stream(call_)
+    provider = resolved.provider
+    upstream = timed(provider.stream(call_), lambda seconds: ctx.add_time("upstream", seconds))
     try:
-        with ctx.timed("upstream"):
-            first = await open_stream(upstream)
-    except BaseException:
+        first = await open_stream(upstream)
+    except BaseException as exc:
+        rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings.get("upstream", 0.0), type(exc).__name__)
         await reservation.settle(0, Decimal(0))
         raise
+    ctx.first_token_s = ctx.elapsed()
     meter = StreamMeter(call_.request, allowance=allowance)
 
     def on_error(error: GatewayError) -> None:
-        ctx.truncated, ctx.outcome = True, error.outcome
+        ctx.truncated, ctx.outcome, ctx.error_code = True, error.outcome, error.code
         rt.metrics.truncated_streams.labels(tenant_label).inc()
 
     def on_end(delivered_done: bool) -> None:
         if not delivered_done and ctx.outcome == "ok":
             ctx.truncated, ctx.outcome = True, "client_disconnected"
+        error_type = None if ctx.outcome in ("ok", "client_disconnected") else ctx.outcome
+        rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings.get("upstream", 0.0), error_type)
         usage, source = meter.usage()
-        charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
+        with ctx.timed("account"):
+            charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
         finish(rt, ctx)
         # A stream's `finally` cannot await (the client may be gone): settlement runs as a tracked task.
         rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))

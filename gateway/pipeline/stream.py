@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -78,6 +79,22 @@ class StreamMeter:
             return self.reported, "upstream"
         completion = count_text("".join(self._parts))
         return TokenUsage(prompt_tokens=count_prompt(self._request), completion_tokens=completion), "counted"
+
+
+async def timed(events: AsyncIterator[bytes], on_wait: Callable[[float], None]) -> AsyncIterator[bytes]:
+    """The same events, reporting the time spent waiting for each one (upstream time, not gateway overhead)."""
+    try:
+        while True:
+            start = time.perf_counter()
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                return
+            finally:
+                on_wait(time.perf_counter() - start)
+            yield event
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]  # provider streams are async generators
 
 
 async def open_stream(stream: AsyncIterator[bytes]) -> bytes | None:

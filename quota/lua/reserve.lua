@@ -8,7 +8,7 @@
 --   tpmv  HASH  request id -> tokens; "__sum" -> total in window
 --   bud   HASH  "spent", "reserved" (nano-USD), "seeded" ("1" once rebuilt from Postgres)
 --   inf   ZSET  request id -> reservation expiry ms      (open reservations = concurrency)
---   res   HASH  request id -> reserved nano-USD           (released on settle or expiry)
+--   res   HASH  request id -> reserved nano-USD           (per budget period; released on settle or expiry)
 -- ARGV: request_id, tokens, usd, reservation_ttl_ms, levels, then per level 9 values:
 --   shadow (1|0), rpm, rpm_window_ms, tpm, tpm_window_ms, budget, budget_ttl_ms, max_concurrency, track (1|0)
 --   (a limit of -1 means none; track = 1 when the level has a budget or a concurrency limit)
@@ -25,6 +25,11 @@ local levels = tonumber(ARGV[5])
 
 local function arg(i, j) return tonumber(ARGV[5 + 9 * (i - 1) + j]) end
 local function key(i, j) return KEYS[6 * (i - 1) + j] end
+
+-- Only ever lengthen a key's TTL (PTTL is -1 or -2 for a key without one or a missing key).
+local function extend(k, ms)
+  if redis.call('PTTL', k) < ms then redis.call('PEXPIRE', k, ms) end
+end
 
 local function oldest_reset(zkey, window)
   local oldest = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
@@ -110,11 +115,15 @@ for i = 1, levels do
     tpm_reset = oldest_reset(key(i, 2), arg(i, 5))
   end
   if arg(i, 9) == 1 then
+    -- `inf` and `res` must outlive every entry they hold, and with a budget also the `reserved` those
+    -- entries add up to in `bud`: if they expired first, nothing would ever release that amount.
+    local hold = 2 * ttl
+    if arg(i, 6) >= 0 then hold = math.max(hold, arg(i, 7) + 86400000) end
     redis.call('ZADD', key(i, 5), now + ttl, id)
-    redis.call('PEXPIRE', key(i, 5), 2 * ttl)
+    extend(key(i, 5), hold)
     if arg(i, 6) >= 0 then
       redis.call('HSET', key(i, 6), id, usd)
-      redis.call('PEXPIRE', key(i, 6), 2 * ttl)
+      extend(key(i, 6), hold)
       redis.call('HINCRBY', key(i, 4), 'reserved', usd)
       s[4] = s[4] + usd
     end
