@@ -126,6 +126,7 @@ def create_app(
             limits=config.limits,
             created=int(time.time()),
             admin_token=settings.admin_token,
+            log_sample_rate=settings.log_sample_rate,
         )
         app.state.runtime = runtime
         if drain_on_sigterm:

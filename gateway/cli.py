@@ -371,3 +371,33 @@ class _Duration(click.ParamType[int, Any]):
 def keys_roll(key_id: str, overlap: int) -> None:
     """Replace KEY_ID with a new key (printed once); KEY_ID expires after --overlap, on every process."""
     _show(_admin_call("POST", f"/admin/keys/{quote(key_id, safe='')}/roll", {"overlap_s": overlap}))
+
+
+@main.group()
+def usage() -> None:
+    """Usage reports (through the admin API at SLUICE_URL)."""
+
+
+@usage.command("report")
+@click.argument("tenant_id")
+@click.option("--since", help="ISO 8601 start (default: start of this month, UTC).")
+@click.option("--until", help="ISO 8601 end (default: now).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, writable=True), help="Also write the rows as CSV.")
+def usage_report(tenant_id: str, since: str | None, until: str | None, csv_path: str | None) -> None:
+    """TENANT_ID's usage by day, model and route: a table, and CSV with --csv."""
+    import csv
+
+    query = "&".join(f"{name}={quote(value)}" for name, value in (("since", since), ("until", until)) if value)
+    report = _admin_call("GET", f"/admin/tenants/{quote(tenant_id, safe='')}/usage" + (f"?{query}" if query else ""))
+    header = ["day", "model", "route", "requests", "prompt_tokens", "completion_tokens", "cost_usd"]
+    rows = [[str(group[name]) for name in header] for group in report["by_day_model_route"]]
+    widths = [max(len(name), *(len(row[i]) for row in rows)) for i, name in enumerate(header)]
+    click.echo("  ".join(name.ljust(width) for name, width in zip(header, widths, strict=True)))
+    for row in rows:
+        click.echo("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)))
+    click.echo(f"total: {report['requests']} requests, {report['cost_usd']} USD")
+    if csv_path is not None:
+        with open(csv_path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)

@@ -20,6 +20,7 @@ class RequestContext:
         "deployment",
         "error_code",
         "first_token_s",
+        "logged_text",
         "model",
         "outcome",
         "provider",
@@ -50,6 +51,8 @@ class RequestContext:
         self.outcome = "ok"
         self.error_code: str | None = None
         self.first_token_s: float | None = None
+        self.logged_text: dict[str, str] | None = None
+        """Prompt and completion text for the log line: set only when the tenant's compliance setting allows."""
         self.truncated = False
         self.timings: dict[str, float] = {}
 

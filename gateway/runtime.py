@@ -44,6 +44,7 @@ class Runtime(msgspec.Struct, kw_only=True):
     created: int
     """Unix time the model list reports as `created`."""
     admin_token: str | None
+    log_sample_rate: float = 1.0
     draining: bool = False
     """Set on SIGTERM: `/readyz` and new `/v1` requests answer 503 so traffic moves elsewhere."""
     drain_deadline: float | None = None

@@ -147,6 +147,8 @@ class Settings(Base, frozen=True):
     """`SLUICE_KEY_PEPPER`: HMAC pepper for key digests, `secret` or `v:secret[,v:secret…]` (highest v current)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """`SLUICE_LOG_LEVEL`."""
+    log_sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
+    """`SLUICE_LOG_SAMPLE_RATE`: share of successful requests that get a log line (errors always do)."""
     auth_cache_ttl_s: PositiveFloat = 30.0
     """`SLUICE_AUTH_CACHE_TTL_S`: how long a cached key is trusted without re-reading Postgres."""
     ledger_flush_interval_s: PositiveFloat = 0.2

@@ -50,6 +50,8 @@ class QuotaRules(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """Largest wait a request may ask for with `x-sluice-max-queue-ms`."""
     max_queued: Count | None = None
     """Requests of this tenant that may wait at once per deployment."""
+    log_content: bool = False
+    """Compliance setting: allow prompt and completion text in this tenant's request log lines."""
 
 
 class Quota(QuotaRules, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.fakes.upstream import FakeUpstream
+from tests.harness import Gateway, file_config, running_gateway
 from tests.servers import Servers, create_template, drop_database, flushed_redis_url, fresh_database, session_servers
 
 
@@ -33,3 +35,17 @@ async def fx_database_url(servers: Servers, database_template: str) -> AsyncIter
 def fx_redis_url(servers: Servers) -> str:
     """This xdist worker's Redis database, flushed at test start."""
     return flushed_redis_url(servers)
+
+
+@pytest.fixture(name="fake")
+async def fx_fake() -> AsyncIterator[FakeUpstream]:
+    """A fake OpenAI-compatible upstream on loopback (behaviour picked by model name)."""
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(name="gateway")
+async def fx_gateway(database_url: str, redis_url: str, fake: FakeUpstream) -> AsyncIterator[Gateway]:
+    """A gateway in this process, over real HTTP, with simulator models and one model per fake scenario."""
+    async with running_gateway(database_url, redis_url, file_config(fake.base_url)) as gateway:
+        yield gateway

@@ -9,30 +9,45 @@ from typing import Literal
 
 import asyncpg
 
-from gateway.schema.admin import ModelUsage, QuotaRemaining, UsageOut
+from gateway.schema.admin import ModelUsage, QuotaRemaining, UsageGroup, UsageOut
 from quota.limiter import Limiter
 from quota.types import Level
 
-_BY_MODEL = """
-SELECT model, count(*) AS requests, coalesce(sum(prompt_tokens), 0) AS prompt_tokens,
-       coalesce(sum(completion_tokens), 0) AS completion_tokens, coalesce(sum(cost_usd), 0) AS cost_usd
+_GROUPED = """
+SELECT (created_at AT TIME ZONE 'UTC')::date AS day, model, route, count(*) AS requests,
+       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens, sum(cost_usd) AS cost_usd
 FROM usage_records
 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3
-GROUP BY model ORDER BY model
+GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
 
 async def usage_summary(pool: asyncpg.Pool, tenant_id: str, since: dt.datetime, until: dt.datetime) -> UsageOut:
-    rows = await pool.fetch(_BY_MODEL, uuid.UUID(tenant_id), since, until)
-    by_model = [
-        ModelUsage(
+    rows = await pool.fetch(_GROUPED, uuid.UUID(tenant_id), since, until)
+    groups = [
+        UsageGroup(
+            day=row["day"],
             model=row["model"],
+            route=row["route"],
             requests=row["requests"],
             prompt_tokens=row["prompt_tokens"],
             completion_tokens=row["completion_tokens"],
             cost_usd=row["cost_usd"],
         )
         for row in rows
+    ]
+    per_model: dict[str, list[UsageGroup]] = {}
+    for group in groups:
+        per_model.setdefault(group.model, []).append(group)
+    by_model = [
+        ModelUsage(
+            model=model,
+            requests=sum(g.requests for g in items),
+            prompt_tokens=sum(g.prompt_tokens for g in items),
+            completion_tokens=sum(g.completion_tokens for g in items),
+            cost_usd=sum((g.cost_usd for g in items), Decimal(0)),
+        )
+        for model, items in sorted(per_model.items())
     ]
     return UsageOut(
         tenant_id=tenant_id,
@@ -43,6 +58,7 @@ async def usage_summary(pool: asyncpg.Pool, tenant_id: str, since: dt.datetime, 
         completion_tokens=sum(m.completion_tokens for m in by_model),
         cost_usd=sum((m.cost_usd for m in by_model), Decimal(0)),
         by_model=by_model,
+        by_day_model_route=groups,
     )
 
 

@@ -6,6 +6,7 @@ Synchronous on purpose: it runs in a stream's `finally`, where a cancelled gener
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 from gateway.accounting.ledger import UsageRecord
 from gateway.accounting.pricing import TokenUsage, cost_usd
@@ -69,6 +70,8 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
         timings=ctx.timings,
         first_token_s=ctx.first_token_s,
     )
+    if ctx.outcome == "ok" and rt.log_sample_rate < 1 and random.random() >= rt.log_sample_rate:  # noqa: S311  # sampling, not security
+        return
     usage = ctx.usage
     request_logger().info(
         "request",
@@ -87,4 +90,5 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
         truncated=ctx.truncated,
         duration_ms=round(seconds * 1000, 3),
         stages_ms={stage: round(value * 1000, 3) for stage, value in ctx.timings.items()},
+        **(ctx.logged_text or {}),
     )

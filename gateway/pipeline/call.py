@@ -58,3 +58,12 @@ async def call(provider: Provider, call: UpstreamCall) -> tuple[bytes, TokenUsag
 def _counted(request: ChatRequest, view: CompletionView) -> TokenUsage:
     text = "".join(choice.message.content or "" for choice in view.choices or () if choice.message)
     return TokenUsage(prompt_tokens=count_prompt(request), completion_tokens=count_text(text))
+
+
+def completion_text(body: bytes) -> str:
+    """The answer's text, for a tenant whose compliance setting allows logging it."""
+    try:
+        view = completion_view_decoder.decode(body)
+    except msgspec.MsgspecError:
+        return ""
+    return "".join(choice.message.content or "" for choice in view.choices or () if choice.message)

@@ -28,8 +28,8 @@ from gateway.context import RequestContext
 from gateway.errors import AuthenticationError, GatewayError, RateLimitedError, ServiceUnavailableError
 from gateway.pipeline.account import charge, finish
 from gateway.pipeline.admit import demand_for, levels_for
-from gateway.pipeline.call import call
-from gateway.pipeline.decode import decode_chat
+from gateway.pipeline.call import call, completion_text
+from gateway.pipeline.decode import decode_chat, prompt_text
 from gateway.pipeline.route import route
 from gateway.pipeline.stream import StreamMeter, open_stream, relay, timed
 from gateway.providers.base import UpstreamCall
@@ -65,6 +65,8 @@ async def run_chat(
     with ctx.timed("decode"):
         request, payload = decode_chat(await read_body(), rt.limits)  # the body is read only once authenticated
     ctx.model, ctx.stream = request.model, request.is_stream
+    if tenant.quota.log_content:
+        ctx.logged_text = {"prompt": prompt_text(request)}
     with ctx.timed("route"):
         resolved = route(rt.routes, request)
     ctx.route = resolved.policy
@@ -113,6 +115,8 @@ async def _answered(
     assert ctx.cost is not None
     with ctx.timed("settle"):
         await reservation.settle(usage.total, ctx.cost)
+    if ctx.logged_text is not None:
+        ctx.logged_text["completion"] = completion_text(answer)
     headers["x-sluice-cost-usd"] = format_usd(ctx.cost)
     headers["x-sluice-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
     headers["server-timing"] = ctx.server_timing()
@@ -154,6 +158,8 @@ async def _streamed(
         error_type = None if ctx.outcome in ("ok", "client_disconnected") else ctx.outcome
         rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings.get("upstream", 0.0), error_type)
         usage, source = meter.usage()
+        if ctx.logged_text is not None:
+            ctx.logged_text["completion"] = meter.text()
         with ctx.timed("account"):
             charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
         finish(rt, ctx)

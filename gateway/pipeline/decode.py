@@ -96,3 +96,14 @@ def decode_chat(body: bytes, limits: Limits) -> tuple[ChatRequest, JsonObject]:
     for field, value in payload.items():
         _check_value(field, value)
     return request, payload
+
+
+def prompt_text(request: ChatRequest) -> str:
+    """The prompt's text, for a tenant whose compliance setting allows logging it."""
+    parts: list[str] = []
+    for message in request.messages:
+        if isinstance(message.content, str):
+            parts.append(f"{message.role}: {message.content}")
+        elif message.content is not None:
+            parts.append(f"{message.role}: " + " ".join(part.text for part in message.content if part.text))
+    return "\n".join(parts)

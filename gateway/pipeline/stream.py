@@ -74,6 +74,9 @@ class StreamMeter:
         """
         return self._allowance is not None and self._pieces > self._allowance
 
+    def text(self) -> str:
+        return "".join(self._parts)
+
     def usage(self) -> tuple[TokenUsage, str]:
         if self.reported is not None:
             return self.reported, "upstream"

@@ -100,6 +100,18 @@ class ModelUsage(msgspec.Struct, frozen=True, kw_only=True):
     cost_usd: Decimal
 
 
+class UsageGroup(msgspec.Struct, frozen=True, kw_only=True):
+    """Usage of one UTC day, model and route."""
+
+    day: dt.date
+    model: str
+    route: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
 class QuotaRemaining(msgspec.Struct, frozen=True, kw_only=True):
     """One limit of one level: how much is used now and what remains (`null` limit fields are absent)."""
 
@@ -123,5 +135,6 @@ class UsageOut(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens: int
     cost_usd: Decimal
     by_model: list[ModelUsage]
+    by_day_model_route: list[UsageGroup] = []
     quotas: list[QuotaRemaining] = []
     """Live use of every configured limit (from Redis), for the tenant, its keys and its models."""

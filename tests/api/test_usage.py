@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 
-from tests.harness import Gateway
+from tests.harness import ADMIN_TOKEN, Gateway
 
 BODY = {"model": "small", "messages": [{"role": "user", "content": "count me"}]}
 
@@ -40,3 +46,26 @@ async def test_quota_change_through_admin_api_applies_to_the_next_request(gatewa
         refused = await client.post("/chat/completions", json=BODY)
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_usage_report_cli_prints_a_table_and_writes_csv(gateway: Gateway, tmp_path: Path) -> None:
+    tenant_id, key = await gateway.tenant_key()
+    async with httpx.AsyncClient(base_url=gateway.base_url, headers={"authorization": f"Bearer {key}"}) as client:
+        for model in ("small", "large", "small"):
+            assert (await client.post("/chat/completions", json={**BODY, "model": model})).status_code == 200
+    await gateway.flush_ledger()
+    csv_path = tmp_path / "usage.csv"
+    env = {**os.environ, "SLUICE_URL": gateway.base, "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN}
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "usage", "report", tenant_id, "--csv", str(csv_path)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "total: 3 requests" in result.stdout
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(row["model"], row["route"], row["requests"]) for row in rows} == {
+        ("small", "fixed", "2"),
+        ("large", "fixed", "1"),
+    }
