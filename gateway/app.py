@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -39,6 +40,9 @@ from tenants.auth import Authenticator
 from tenants.keys import KeyHasher
 from tenants.store import TenantStore
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
 __version__ = "0.1.0"
 
 
@@ -56,6 +60,7 @@ def create_app(
     multiprocess_dir: str | None = None,
     processes: int = 1,
     drain_on_sigterm: bool = False,
+    span_exporter: SpanExporter | None = None,
 ) -> Litestar:
     """The app; `drain_on_sigterm` chains the graceful drain in front of the server's SIGTERM handler."""
     if settings.database_url is None or settings.redis_url is None:
@@ -111,6 +116,11 @@ def create_app(
             on_settle_error=metrics_.quota_settle_errors.inc,
         )
         supervisor = Supervisor()
+        tracer = None
+        if span_exporter is not None or settings.tracing != "off":
+            from gateway.observability.tracing import Tracer, exporter_for
+
+            tracer = Tracer(span_exporter or exporter_for(settings.tracing))
         runtime = Runtime(
             pool=pool,
             redis=redis,
@@ -127,6 +137,7 @@ def create_app(
             created=int(time.time()),
             admin_token=settings.admin_token,
             log_sample_rate=settings.log_sample_rate,
+            tracer=tracer,
         )
         app.state.runtime = runtime
         if drain_on_sigterm:
@@ -143,6 +154,8 @@ def create_app(
                 await provider.aclose()
             await redis.aclose()
             await pool.close()
+            if tracer is not None:
+                tracer.shutdown()
 
     return Litestar(
         route_handlers=[chat_completions, list_models, own_usage, admin_router, healthz, readyz, metrics],

@@ -27,7 +27,9 @@ class RequestContext:
         "request_id",
         "route",
         "served_model",
+        "stage_spans",
         "started_ns",
+        "started_ns_wall",
         "stream",
         "tenant",
         "timings",
@@ -38,6 +40,9 @@ class RequestContext:
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.started_ns = time.perf_counter_ns()
+        self.started_ns_wall = time.time_ns()
+        self.stage_spans: list[tuple[str, int, int]] = []
+        """(stage, wall-clock start ns, duration ns) of each timed block, for tracing."""
         self.tenant: TenantContext | None = None
         self.model: str | None = None
         self.served_model: str | None = None
@@ -63,7 +68,9 @@ class RequestContext:
         try:
             yield
         finally:
-            self.timings[stage] = self.timings.get(stage, 0.0) + (time.perf_counter_ns() - start) / 1e9
+            duration = time.perf_counter_ns() - start
+            self.timings[stage] = self.timings.get(stage, 0.0) + duration / 1e9
+            self.stage_spans.append((stage, self.started_ns_wall + start - self.started_ns, duration))
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds

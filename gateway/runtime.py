@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.accounting.ledger import Ledger
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import Tracer
 from gateway.providers.base import Provider
 from gateway.settings import Limits, Price
 from gateway.supervisor import Supervisor
@@ -45,6 +46,8 @@ class Runtime(msgspec.Struct, kw_only=True):
     """Unix time the model list reports as `created`."""
     admin_token: str | None
     log_sample_rate: float = 1.0
+    tracer: Tracer | None = None
+    """Set only when tracing is on (`SLUICE_TRACING`)."""
     draining: bool = False
     """Set on SIGTERM: `/readyz` and new `/v1` requests answer 503 so traffic moves elsewhere."""
     drain_deadline: float | None = None

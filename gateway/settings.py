@@ -147,6 +147,8 @@ class Settings(Base, frozen=True):
     """`SLUICE_KEY_PEPPER`: HMAC pepper for key digests, `secret` or `v:secret[,v:secret…]` (highest v current)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """`SLUICE_LOG_LEVEL`."""
+    tracing: Literal["off", "otlp", "console"] = "off"
+    """`SLUICE_TRACING`: OpenTelemetry spans per request and stage; `otlp` exports to `OTEL_EXPORTER_OTLP_*`."""
     log_sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0
     """`SLUICE_LOG_SAMPLE_RATE`: share of successful requests that get a log line (errors always do)."""
     auth_cache_ttl_s: PositiveFloat = 30.0

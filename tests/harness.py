@@ -132,6 +132,7 @@ async def running_gateway(
     config: FileConfig,
     *,
     environ: Mapping[str, str] | None = None,
+    span_exporter: Any = None,
     **settings: Any,
 ) -> AsyncIterator[Gateway]:
     values: dict[str, Any] = {
@@ -142,7 +143,9 @@ async def running_gateway(
         "ledger_flush_interval_s": 0.05,
     }
     values.update(settings)
-    app = create_app(Settings(**values), config, environ or {"TEST_UPSTREAM_KEY": UPSTREAM_KEY})
+    app = create_app(
+        Settings(**values), config, environ or {"TEST_UPSTREAM_KEY": UPSTREAM_KEY}, span_exporter=span_exporter
+    )
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so (else 40 ms Nagle stalls).
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))

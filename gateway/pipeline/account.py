@@ -70,6 +70,8 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
         timings=ctx.timings,
         first_token_s=ctx.first_token_s,
     )
+    if rt.tracer is not None:
+        rt.tracer.record(ctx)
     if ctx.outcome == "ok" and rt.log_sample_rate < 1 and random.random() >= rt.log_sample_rate:  # noqa: S311  # sampling, not security
         return
     usage = ctx.usage
