@@ -214,8 +214,8 @@ class Limiter:
 
     async def settle(self, reservation: Reservation, tokens: int, cost_usd: Decimal, periods: list[str]) -> None:
         levels = reservation.levels
-        if not levels:
-            return
+        if not any(_needs_settlement(level) for level in levels):
+            return  # requests-per-window counts are final at admission: nothing to replace, no round trip
         if reservation.admission.fail_open:
             for level in levels:
                 ident = (level.tenant_id, level.scope, level.scope_id)
@@ -237,6 +237,11 @@ class Limiter:
                 await asyncio.sleep(0.2 * (attempt + 1))
         # Still unreachable: the reservation expires on its own and the ledger holds the real spend,
         # from which the counter is rebuilt if Redis comes back empty.
+
+
+def _needs_settlement(level: Level) -> bool:
+    limits = level.limits
+    return limits.tpm is not None or limits.budget_usd is not None or limits.max_concurrency is not None
 
 
 def _local_item(limit: int, share: int, window_s: int) -> RateLimitItemPerSecond:

@@ -31,9 +31,9 @@ def error_response(exc: BaseException, ctx: RequestContext) -> Response[bytes]:
 
 
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion", request_class=Request)
-async def chat_completions(request: Request[None, None, State], state: State) -> Response[Any]:
+async def chat_completions(request: Request[None, None, State]) -> Response[Any]:
     """OpenAI `createChatCompletion`, non-streaming or SSE streaming."""
-    rt = _runtime(state)
+    rt = _runtime(request.app.state)  # not a `state` parameter: litestar copies State per request for those
     ctx = RequestContext(request.scope["state"]["request_id"])
     try:
         return await run_chat(rt, ctx, request.body, request.headers.get("authorization"))

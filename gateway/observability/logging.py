@@ -36,5 +36,8 @@ def configure(level: str) -> None:
     )
 
 
+_REQUEST_LOGGER = structlog.get_logger("sluice.request")  # a lazy proxy: binds on first use, after configure()
+
+
 def request_logger() -> Any:
-    return structlog.get_logger("sluice.request")
+    return _REQUEST_LOGGER

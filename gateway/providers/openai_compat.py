@@ -200,6 +200,18 @@ class OpenAICompatProvider:
         if declared is not None and declared > limit:
             raise UpstreamProtocolError(f"upstream body of {declared} bytes is over the {limit}-byte limit")
         deadline = asyncio.get_running_loop().time() + self._config.timeouts.idle_s
+        if declared is not None:
+            # The common case: the whole body under one deadline, in one read.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await resp.content.readexactly(declared)
+            except TimeoutError:
+                raise UpstreamTimeoutError(
+                    f"deployment `{self.deployment}` made no progress for {self._config.timeouts.idle_s:g} s "
+                    "mid-response"
+                ) from None
+            except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+                raise UpstreamStreamBrokenError(f"deployment `{self.deployment}`: {_describe(exc)}") from None
         body = bytearray()
         while True:
             chunk = await self._read_chunk(resp, deadline)
