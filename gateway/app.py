@@ -26,6 +26,7 @@ from gateway.accounting.pricing import FREE
 from gateway.accounting.spend import LedgerSpend
 from gateway.accounting.tokens import warm_up
 from gateway.api.admin import admin_router
+from gateway.api.hot_path import HotPath
 from gateway.api.middleware import InputLimitsMiddleware, RequestIdMiddleware
 from gateway.api.openai import chat_completions, list_models, own_usage
 from gateway.api.ops import healthz, metrics, readyz
@@ -61,7 +62,7 @@ def create_app(
     processes: int = 1,
     drain_on_sigterm: bool = False,
     span_exporter: SpanExporter | None = None,
-) -> Litestar:
+) -> HotPath:
     """The app; `drain_on_sigterm` chains the graceful drain in front of the server's SIGTERM handler."""
     if settings.database_url is None or settings.redis_url is None:
         raise ValueError("create_app needs database and redis URLs (the CLI starts embedded servers first)")
@@ -157,7 +158,7 @@ def create_app(
             if tracer is not None:
                 tracer.shutdown()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[chat_completions, list_models, own_usage, admin_router, healthz, readyz, metrics],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware(), InputLimitsMiddleware()],
@@ -171,3 +172,4 @@ def create_app(
         ),
         debug=False,
     )
+    return HotPath(app, config.limits.max_body_bytes)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
-from litestar import Litestar
-
+from gateway.api.hot_path import HotPath
 from gateway.app import create_app
 from gateway.observability.logging import configure
 from gateway.settings import Settings, load_file_config
 
 
-def app_from_environ() -> Litestar:
+def app_from_environ() -> HotPath:
     settings = Settings.from_env(os.environ)
     configure(settings.log_level)
     return create_app(

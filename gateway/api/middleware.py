@@ -50,7 +50,7 @@ class InputLimitsMiddleware(ASGIMiddleware):
         self.max_header_bytes = max_header_bytes
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        refusal = self._refusal(list(scope["headers"]))
+        refusal = header_refusal(list(scope["headers"]), self.max_headers, self.max_header_bytes)
         if refusal is None:
             await next_app(scope, receive, send)
             return
@@ -65,16 +65,20 @@ class InputLimitsMiddleware(ASGIMiddleware):
         )
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    def _refusal(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, InvalidRequestError] | None:
-        if len(headers) > self.max_headers:
-            message = f"The request has {len(headers)} header fields; at most {self.max_headers} are accepted."
-            return 431, InvalidRequestError(message, code="too_many_headers")
-        size = sum(len(name) + len(value) + 4 for name, value in headers)
-        if size > self.max_header_bytes:
-            message = f"The request headers take {size} bytes; at most {self.max_header_bytes} are accepted."
-            return 431, InvalidRequestError(message, code="headers_too_large")
-        for name, value in headers:
-            if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
-                message = "Request bodies must not be compressed: send them without a `Content-Encoding`."
-                return 415, InvalidRequestError(message, code="unsupported_content_encoding")
-        return None
+
+def header_refusal(
+    headers: list[tuple[bytes, bytes]], max_headers: int = MAX_HEADERS, max_header_bytes: int = MAX_HEADER_BYTES
+) -> tuple[int, InvalidRequestError] | None:
+    """The status and error for headers the gateway refuses, or None."""
+    if len(headers) > max_headers:
+        message = f"The request has {len(headers)} header fields; at most {max_headers} are accepted."
+        return 431, InvalidRequestError(message, code="too_many_headers")
+    size = sum(len(name) + len(value) + 4 for name, value in headers)
+    if size > max_header_bytes:
+        message = f"The request headers take {size} bytes; at most {max_header_bytes} are accepted."
+        return 431, InvalidRequestError(message, code="headers_too_large")
+    for name, value in headers:
+        if name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            message = "Request bodies must not be compressed: send them without a `Content-Encoding`."
+            return 415, InvalidRequestError(message, code="unsupported_content_encoding")
+    return None

@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.response import Stream
 
 from gateway.accounting.usage import month_start, quota_remaining, usage_summary
 from gateway.context import RequestContext
@@ -31,16 +32,22 @@ def error_response(exc: BaseException, ctx: RequestContext) -> Response[bytes]:
 
 
 @post("/v1/chat/completions", status_code=200, summary="Create a chat completion", request_class=Request)
-async def chat_completions(request: Request[None, None, State]) -> Response[Any]:
+async def chat_completions(  # served by `hot_path.HotPath` in front of litestar; this handler documents it
+    request: Request[None, None, State],
+) -> Response[Any]:
     """OpenAI `createChatCompletion`, non-streaming or SSE streaming."""
     rt = _runtime(request.app.state)  # not a `state` parameter: litestar copies State per request for those
     ctx = RequestContext(request.scope["state"]["request_id"])
     try:
-        return await run_chat(rt, ctx, request.body, request.headers.get("authorization"))
+        reply = await run_chat(rt, ctx, request.body, request.headers.get("authorization"))
     except Exception as exc:  # noqa: BLE001  # the /v1 error boundary: every failure becomes an OpenAI error, accounted
         response = error_response(exc, ctx)
         finish(rt, ctx)
         return response
+    headers = {name: value for name, value in reply.headers.items() if name != "content-type"}
+    if reply.frames is not None:
+        return Stream(reply.frames, status_code=200, headers=headers, media_type="text/event-stream")
+    return Response(reply.body, status_code=200, headers=headers, media_type="application/json")
 
 
 @get("/v1/models", summary="List the models this key may call")

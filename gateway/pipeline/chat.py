@@ -16,12 +16,10 @@ Routing is resolved before admission so an unknown model costs the tenant no quo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import Any
 
-from litestar import Response
-from litestar.response import Stream
+import msgspec
 
 from gateway.accounting.pricing import format_usd
 from gateway.context import RequestContext
@@ -39,7 +37,17 @@ from quota.limiter import Reservation
 from tenants.errors import InvalidKeyError
 from tenants.models import TenantContext
 
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+_SSE_HEADERS = {"content-type": "text/event-stream", "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True):
+    """A successful answer, framework-free: a JSON body, or SSE frames to send as they come (status 200)."""
+
+    headers: dict[str, str]
+    body: bytes = b""
+    frames: AsyncIterator[bytes] | None = None
+
+
 _DRAIN_CUT = "The gateway is shutting down: the stream was ended at the drain deadline."
 _RESERVATION_USED = "The stream used up the tokens reserved for it (`max_tokens`); it was ended to avoid overspending."
 
@@ -57,7 +65,7 @@ async def authenticate(rt: Runtime, authorization: str | None) -> TenantContext:
 
 async def run_chat(
     rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], authorization: str | None
-) -> Response[Any]:
+) -> Reply:
     if rt.draining:
         raise ServiceUnavailableError("This gateway process is shutting down; retry.", headers={"retry-after": "1"})
     with ctx.timed("auth"):
@@ -100,7 +108,7 @@ async def _answered(
     call_: UpstreamCall,
     reservation: Reservation,
     headers: dict[str, str],
-) -> Response[bytes]:
+) -> Reply:
     provider = resolved.provider
     try:
         with ctx.timed("upstream"):
@@ -121,7 +129,7 @@ async def _answered(
     headers["x-sluice-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
     headers["server-timing"] = ctx.server_timing()
     finish(rt, ctx)
-    return Response(answer, media_type="application/json", status_code=200, headers=headers)
+    return Reply(body=answer, headers={**headers, "content-type": "application/json"})
 
 
 async def _streamed(
@@ -132,7 +140,7 @@ async def _streamed(
     reservation: Reservation,
     allowance: int,
     headers: dict[str, str],
-) -> Stream:
+) -> Reply:
     assert ctx.tenant is not None
     tenant_label = rt.metrics.bounds.tenant(ctx.tenant.tenant_id)
     # Meter every stream: ask the upstream for usage even when the client did not (ECOSYSTEM §0.6).
@@ -176,4 +184,4 @@ async def _streamed(
         return None
 
     frames = relay(first, upstream, meter, cut_short=cut_short, on_error=on_error, on_end=on_end)
-    return Stream(frames, media_type="text/event-stream", status_code=200, headers={**headers, **_SSE_HEADERS})
+    return Reply(frames=frames, headers={**headers, **_SSE_HEADERS})
