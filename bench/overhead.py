@@ -17,58 +17,29 @@ targets and its peer figures. It also checks that no non-2xx answers occurred an
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
-import secrets
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import msgspec
-from benchkit import (
-    BENCH_DIR,
-    Child,
-    OtherLoad,
-    PeakRss,
-    cpu_count,
-    cpu_seconds,
-    free_port,
-    log,
-    median,
-    pinned,
-    wait_for_port,
-)
+from benchkit import OtherLoad, PeakRss, cpu_count, cpu_seconds, log
+from gateway_probe import gateway_problems, ledger_caught_up, scrape, stage_p50s
 from overhead_report import Measurements, Run, render
-from prometheus_client.parser import text_string_to_metric_families
-from wrkload import require_wrk, run_wrk, write_script
-
-RPM_LIMIT = 100_000_000
-"""High enough never to refuse a request, so the RPM check runs but never decides."""
-CHAT_BODY = msgspec.json.encode(
-    {"model": "bench", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
+from overhead_stack import (
+    CHAT_BODY,
+    RPM_LIMIT,
+    Stack,
+    make_tenant_key,
+    services_label,
+    smoke_test,
+    start_gateway,
+    start_services,
+    start_upstream,
 )
-CONFIG_TOML = """
-[[deployments]]
-kind = "openai"
-name = "bench-upstream"
-base_url = "http://127.0.0.1:{port}/v1"
-model = "bench-upstream"
-api_key_env = "BENCH_UPSTREAM_KEY"
-max_concurrency = 256
-timeouts = {{ connect_s = 2, first_byte_s = 10, idle_s = 10 }}
-
-[[models]]
-name = "bench"
-route = {{ policy = "fixed", deployment = "bench-upstream" }}
-
-[prices.bench-upstream]
-input = 0.15
-output = 0.60
-"""
+from wrkload import require_wrk, run_wrk, write_script
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,139 +50,7 @@ class Placement:
     """wrk, Postgres, Valkey and this script."""
 
 
-@dataclass(slots=True)
-class Stack:
-    """Everything the benchmark started, torn down in reverse by the ExitStack."""
-
-    database_url: str
-    redis_url: str
-    upstream_port: int
-    gateway: Child | None = None
-    gateway_base: str = ""
-    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-
-
-# --- start-up -----------------------------------------------------------------------------------
-
-
-def start_services(stack: contextlib.ExitStack, workdir: Path) -> tuple[str, str]:
-    """Postgres and Redis URLs: from SLUICE_BENCH_*_URL, or embedded servers in `workdir` (stopped at exit)."""
-    database_url = os.environ.get("SLUICE_BENCH_DATABASE_URL") or None
-    redis_url = os.environ.get("SLUICE_BENCH_REDIS_URL") or None
-    if database_url is None or redis_url is None:
-        from gateway.embedded import EmbeddedServers
-
-        log(f"starting embedded Postgres and Valkey under {workdir / 'services'}")
-        servers = EmbeddedServers(workdir / "services")
-        urls = servers.start()
-        stack.callback(servers.stop)
-        database_url = database_url or urls.database_url
-        redis_url = redis_url or urls.redis_url
-    return database_url, redis_url
-
-
-def start_upstream(stack: contextlib.ExitStack, workdir: Path, core: int) -> int:
-    port = free_port()
-    command = pinned([sys.executable, str(BENCH_DIR / "fake_upstream.py"), "--port", str(port)], core)
-    upstream = Child("fake-upstream", command, workdir)
-    stack.callback(upstream.stop)
-    wait_for_port(port, upstream.process)
-    return port
-
-
-def start_gateway(stack: contextlib.ExitStack, workdir: Path, state: Stack, core: int, log_level: str) -> Child:
-    config = workdir / "sluice.toml"
-    config.write_text(CONFIG_TOML.format(port=state.upstream_port))
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
-        "SLUICE_DATABASE_URL": state.database_url,
-        "SLUICE_REDIS_URL": state.redis_url,
-        "SLUICE_ADMIN_TOKEN": state.admin_token,
-        "SLUICE_KEY_PEPPER": "1:" + secrets.token_urlsafe(24),
-        "SLUICE_CONFIG": str(config),
-        "SLUICE_DATA_DIR": str(workdir / "gateway-data"),
-        "SLUICE_LOG_LEVEL": log_level,
-        "SLUICE_DRAIN_TIMEOUT_S": "5",
-        "BENCH_UPSTREAM_KEY": "sk-bench-upstream",
-    }
-    command = pinned([sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "1"], core)
-    gateway = Child("gateway", command, workdir, env)
-    stack.callback(gateway.stop)
-    state.gateway, state.gateway_base = gateway, f"http://127.0.0.1:{port}"
-    _wait_ready(gateway, state.gateway_base)
-    return gateway
-
-
-def _wait_ready(gateway: Child, base: str, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if gateway.process.poll() is not None:
-            raise SystemExit(f"sluice serve exited {gateway.process.returncode}:\n{gateway.tail()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"sluice serve not ready after {timeout_s} s:\n{gateway.tail()}")
-
-
-def make_tenant_key(state: Stack) -> tuple[str, str]:
-    """A tenant with a never-reached RPM limit and one key for it, through the admin API."""
-    headers = {"authorization": f"Bearer {state.admin_token}"}
-    with httpx.Client(base_url=state.gateway_base, headers=headers, timeout=30) as admin:
-        tenant = admin.post("/admin/tenants", json={"name": "bench", "quota": {"rpm": RPM_LIMIT}})
-        tenant.raise_for_status()
-        tenant_id = str(tenant.json()["id"])
-        key = admin.post(f"/admin/tenants/{tenant_id}/keys", json={})
-        key.raise_for_status()
-        return tenant_id, str(key.json()["key"])
-
-
-def smoke_test(state: Stack, api_key: str) -> str:
-    """One call through the gateway: it must answer 200 with a cost; returns the cost header."""
-    response = httpx.post(
-        f"{state.gateway_base}/v1/chat/completions",
-        content=CHAT_BODY,
-        headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
-        timeout=10,
-    )
-    if response.status_code != 200:
-        raise SystemExit(f"gateway smoke test: {response.status_code} {response.text}")
-    return str(response.headers.get("x-sluice-cost-usd", "?"))
-
-
 # --- measuring ----------------------------------------------------------------------------------
-
-
-class _RequestLine(msgspec.Struct):
-    """The fields of the gateway's per-request log line (gateway/pipeline/account.py `finish`) used here."""
-
-    event: str = ""
-    duration_ms: float | None = None
-    stages_ms: dict[str, float] = {}
-
-
-_line_decoder = msgspec.json.Decoder(_RequestLine)
-
-
-def stage_p50s(log_path: Path, offset: int) -> dict[str, float]:
-    """Median per stage (and `handler` for the whole in-handler time) of the request lines after `offset`."""
-    samples: dict[str, list[float]] = {}
-    with log_path.open("rb") as handle:
-        handle.seek(offset)
-        for raw in handle:
-            if not raw.startswith(b"{"):
-                continue
-            try:
-                line = _line_decoder.decode(raw)
-            except msgspec.DecodeError:
-                continue
-            if line.event != "request" or line.duration_ms is None:
-                continue
-            samples.setdefault("handler", []).append(line.duration_ms)
-            for stage, ms in line.stages_ms.items():
-                samples.setdefault(stage, []).append(ms)
-    return {stage: median(values) for stage, values in samples.items()}
 
 
 def measure(
@@ -261,61 +100,6 @@ def warm_up(state: Stack, script: Path, placement: Placement, seconds: int) -> i
     return result.requests
 
 
-# --- ledger check -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayCounters:
-    """What the gateway's /metrics says about the run."""
-
-    outcomes: dict[str, int]
-    """`sluice_requests_total` for the bench tenant, by outcome."""
-    fail_open: int
-    """`sluice_quota_fail_open_total`: admissions decided locally because Redis did not answer in time."""
-    auth_failures: int
-
-
-def scrape(state: Stack, tenant_id: str) -> GatewayCounters:
-    text = httpx.get(f"{state.gateway_base}/metrics", timeout=10).text
-    outcomes: dict[str, int] = {}
-    fail_open = auth_failures = 0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "sluice_requests_total" and sample.labels.get("tenant") == tenant_id:
-                outcome = sample.labels.get("outcome", "?")
-                outcomes[outcome] = outcomes.get(outcome, 0) + int(sample.value)
-            elif sample.name == "sluice_quota_fail_open_total":
-                fail_open += int(sample.value)
-            elif sample.name == "sluice_auth_failures_total":
-                auth_failures += int(sample.value)
-    return GatewayCounters(outcomes, fail_open, auth_failures)
-
-
-async def _ledger_count(database_url: str, tenant_id: str) -> tuple[int, float]:
-    import asyncpg
-
-    conn = await asyncpg.connect(database_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) AS n, coalesce(sum(cost_usd), 0) AS cost FROM usage_records WHERE tenant_id = $1",
-            tenant_id,
-        )
-        assert row is not None
-        return int(row["n"]), float(row["cost"])
-    finally:
-        await conn.close()
-
-
-def ledger_caught_up(state: Stack, tenant_id: str, expected: int, timeout_s: float = 30.0) -> tuple[int, float]:
-    """Wait until the ledger holds `expected` records for the tenant (or the timeout passes); (records, cost)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records, cost = asyncio.run(_ledger_count(state.database_url, tenant_id))
-        if records >= expected or time.monotonic() > deadline:
-            return records, cost
-        time.sleep(0.5)
-
-
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -361,8 +145,9 @@ def main(argv: list[str] | None = None) -> None:
             other_load = OtherLoad()
             runs = measure(state, script, placement, args.concurrency, args.duration, args.rounds)
             other_cpus = other_load.cpus()
-        counters = scrape(state, tenant_id)
-        records, ledger_cost = ledger_caught_up(state, tenant_id, sum(counters.outcomes.values()))
+        counters = scrape(state.gateway_base, tenant_id)
+        # Only charged calls (outcome ok) have a usage record; refused or failed ones are counted, not ledgered.
+        records, ledger_cost = ledger_caught_up(state.database_url, tenant_id, counters.outcomes.get("ok", 0))
         measurements = Measurements(
             runs=runs,
             duration_s=args.duration,
@@ -381,9 +166,12 @@ def main(argv: list[str] | None = None) -> None:
             auth_failures=counters.auth_failures,
             other_cpus=other_cpus,
             cpus=cpus,
-            external_services=bool(os.environ.get("SLUICE_BENCH_DATABASE_URL")),
+            services=services_label(placement.load_core),
         )
         print(render(measurements), flush=True)
+        if not measurements.healthy:
+            for line in gateway_problems(gateway.log_path):
+                log(f"gateway log: {line}")
     log(f"total wall time {time.monotonic() - started:.0f} s")
     if not measurements.healthy:
         sys.exit(1)
