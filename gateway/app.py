@@ -36,6 +36,7 @@ from gateway.providers.registry import build_providers
 from gateway.runtime import ResolvedRoute, Runtime
 from gateway.settings import FileConfig, Settings
 from gateway.supervisor import Supervisor
+from quota.fairness import FairQueue
 from quota.limiter import Limiter
 from tenants.auth import Authenticator
 from tenants.keys import KeyHasher
@@ -116,6 +117,20 @@ def create_app(
             on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
             on_settle_error=metrics_.quota_settle_errors.inc,
         )
+        queues = {
+            deployment.name: FairQueue(
+                redis,
+                deployment.name,
+                deployment.capacity,
+                timeout_s=settings.admission_timeout_ms / 1000,
+                processes=lambda: processes,
+                on_depth=lambda name, depth: metrics_.queue_depth.labels(name).set(depth),
+                on_wait=lambda tenant, seconds: metrics_.queue_wait.labels(bounds.tenant(tenant)).observe(seconds),
+                on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
+            )
+            for deployment in config.deployments
+            if deployment.capacity is not None
+        }
         supervisor = Supervisor()
         tracer = None
         if span_exporter is not None or settings.tracing != "off":
@@ -129,6 +144,7 @@ def create_app(
             authenticator=authenticator,
             limiter=limiter,
             supervisor=supervisor,
+            queues=queues,
             ledger=ledger,
             metrics=metrics_,
             registry=registry,
@@ -145,6 +161,8 @@ def create_app(
             drain.install(runtime, grace_s=settings.drain_grace_s, timeout_s=settings.drain_timeout_s)
         supervisor.start("auth-invalidation", authenticator.run)
         supervisor.start("ledger-writer", ledger.run)
+        for name, queue in queues.items():
+            supervisor.start(f"queue-{name}", queue.listen)
         try:
             yield
         finally:

@@ -13,6 +13,7 @@ from gateway.observability.tracing import Tracer
 from gateway.providers.base import Provider
 from gateway.settings import Limits, Price
 from gateway.supervisor import Supervisor
+from quota.fairness import FairQueue
 from quota.limiter import Limiter
 from tenants.auth import Authenticator
 from tenants.store import TenantStore
@@ -35,6 +36,8 @@ class Runtime(msgspec.Struct, kw_only=True):
     authenticator: Authenticator
     limiter: Limiter
     supervisor: Supervisor
+    queues: dict[str, FairQueue]
+    """Fair queue per deployment that has a global `capacity`."""
     ledger: Ledger
     metrics: Metrics
     registry: CollectorRegistry

@@ -62,7 +62,10 @@ class OpenAIDeployment(Base, frozen=True, tag="openai", tag_field="kind"):
     api_key_env: str | None = None
     """Environment variable holding the upstream API key (the key itself never goes in this file)."""
     max_concurrency: PositiveInt = 256
-    """Calls in flight to this deployment from one gateway process."""
+    """Calls in flight to this deployment from one gateway process (its HTTP connection pool)."""
+    capacity: PositiveInt | None = None
+    """Concurrent calls across all gateway processes (held in Redis); when full, requests wait in the fair
+    queue. Unset: no queue and no extra round trip."""
     timeouts: Timeouts = Timeouts()
     max_context_tokens: PositiveInt = 128_000
     """Largest `max_tokens` a request may ask of this deployment."""
@@ -75,6 +78,7 @@ class SimulatorDeployment(Base, frozen=True, tag="simulator", tag_field="kind"):
     model: str
     """Model name the simulator reports (`small`, `large`, …)."""
     max_concurrency: PositiveInt = 1024
+    capacity: PositiveInt | None = None
     simulator: SimulatorOptions = SimulatorOptions()
     max_context_tokens: PositiveInt = 128_000
 

@@ -54,7 +54,8 @@ class HotPath:
             status, refused = refusal
             await _send_json(send, status, error_body(refused), [id_header])
             return
-        authorization = next((value.decode("latin-1") for name, value in headers if name == b"authorization"), None)
+        authorization = _header(headers, b"authorization")
+        max_queue_ms = _header(headers, b"x-sluice-max-queue-ms")
         declared = next((value for name, value in headers if name == b"content-length"), None)
         rt: Runtime = self.app.state.runtime
         ctx = RequestContext(request_id)
@@ -63,7 +64,7 @@ class HotPath:
             return await _read_body(receive, declared, self._max_body)
 
         try:
-            reply = await run_chat(rt, ctx, read_body, authorization)
+            reply = await run_chat(rt, ctx, read_body, authorization, max_queue_ms)
         except _ClientGoneError:
             ctx.outcome = "client_disconnected"
             finish(rt, ctx)
@@ -80,6 +81,10 @@ class HotPath:
             await _send_json(send, 200, reply.body, response_headers)
         else:
             await _send_stream(reply.frames, receive, send, response_headers)
+
+
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
+    return next((value.decode("latin-1") for name, value in headers if name == wanted), None)
 
 
 async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:

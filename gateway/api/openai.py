@@ -39,7 +39,9 @@ async def chat_completions(  # served by `hot_path.HotPath` in front of litestar
     rt = _runtime(request.app.state)  # not a `state` parameter: litestar copies State per request for those
     ctx = RequestContext(request.scope["state"]["request_id"])
     try:
-        reply = await run_chat(rt, ctx, request.body, request.headers.get("authorization"))
+        reply = await run_chat(
+            rt, ctx, request.body, request.headers.get("authorization"), request.headers.get("x-sluice-max-queue-ms")
+        )
     except Exception as exc:  # noqa: BLE001  # the /v1 error boundary: every failure becomes an OpenAI error, accounted
         response = error_response(exc, ctx)
         finish(rt, ctx)

@@ -5,7 +5,7 @@
     5 route          model name → provider + price             (pipeline.route)
     3 admit          reserve requests, tokens, budget, concurrency in one Redis trip (quota.limiter)
     4 look up        decision cache                             (not yet: every request is `bypass`)
-    6 queue          fair queue per deployment                  (not yet: deployments are uncapped)
+    6 queue          weighted fair queue for a deployment at its global capacity (quota.fairness)
     7 call           upstream, non-streaming or streamed        (pipeline.call / pipeline.stream)
     8 settle         replace the reservation by real tokens and cost (streams: when they end)
     9 account        cost → headers, metrics, ledger, log line  (pipeline.account)
@@ -16,6 +16,7 @@ Routing is resolved before admission so an unknown model costs the tenant no quo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 
@@ -23,7 +24,13 @@ import msgspec
 
 from gateway.accounting.pricing import format_usd
 from gateway.context import RequestContext
-from gateway.errors import AuthenticationError, GatewayError, RateLimitedError, ServiceUnavailableError
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
 from gateway.pipeline.account import charge, finish
 from gateway.pipeline.admit import demand_for, levels_for
 from gateway.pipeline.call import call, completion_text
@@ -64,7 +71,11 @@ async def authenticate(rt: Runtime, authorization: str | None) -> TenantContext:
 
 
 async def run_chat(
-    rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], authorization: str | None
+    rt: Runtime,
+    ctx: RequestContext,
+    read_body: Callable[[], Awaitable[bytes]],
+    authorization: str | None,
+    max_queue_ms: str | None = None,
 ) -> Reply:
     if rt.draining:
         raise ServiceUnavailableError("This gateway process is shutting down; retry.", headers={"retry-after": "1"})
@@ -95,10 +106,42 @@ async def run_chat(
         "x-sluice-route": ctx.route,
         "x-sluice-cache": ctx.cache,
     }
+    held = contextlib.AsyncExitStack()  # the deployment slot, released when the upstream call is over
+    queue = rt.queues.get(resolved.provider.deployment)
+    if queue is not None:
+        slot = queue.slot(
+            tenant_id=tenant.tenant_id,
+            request_id=ctx.request_id,
+            weight=tenant.quota.weight,
+            cost=demand.tokens,
+            priority=tenant.quota.priority,
+            deadline_s=_queue_wait_s(tenant, max_queue_ms),
+            max_queued=tenant.quota.max_queued,
+        )
+        try:
+            with ctx.timed("queue"):
+                await held.enter_async_context(slot)
+        except BaseException:
+            await reservation.settle(0, Decimal(0))
+            raise
     call_ = UpstreamCall(request=request, payload=payload, request_id=ctx.request_id)
     if request.is_stream:
-        return await _streamed(rt, ctx, resolved, call_, reservation, allowance, headers)
-    return await _answered(rt, ctx, resolved, call_, reservation, headers)
+        return await _streamed(rt, ctx, resolved, call_, reservation, held, allowance, headers)
+    try:
+        return await _answered(rt, ctx, resolved, call_, reservation, held, headers)
+    finally:
+        await held.aclose()
+
+
+def _queue_wait_s(tenant: TenantContext, requested_ms: str | None) -> float:
+    """How long this request may wait for upstream capacity: the tenant's default, or what the client asks
+    in `x-sluice-max-queue-ms`, never above the tenant's cap."""
+    quota = tenant.quota
+    if requested_ms is None:
+        return quota.max_queue_ms / 1000
+    if not requested_ms.isdigit():
+        raise InvalidRequestError("`x-sluice-max-queue-ms` must be a whole number of milliseconds.")
+    return min(int(requested_ms), quota.max_queue_ms_cap) / 1000
 
 
 async def _answered(
@@ -107,12 +150,14 @@ async def _answered(
     resolved: ResolvedRoute,
     call_: UpstreamCall,
     reservation: Reservation,
+    held: contextlib.AsyncExitStack,
     headers: dict[str, str],
 ) -> Reply:
     provider = resolved.provider
     try:
         with ctx.timed("upstream"):
             answer, usage, source = await call(provider, call_)
+        await held.aclose()  # free the deployment slot before accounting
     except BaseException as exc:
         rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"], type(exc).__name__)
         await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
@@ -138,6 +183,7 @@ async def _streamed(
     resolved: ResolvedRoute,
     call_: UpstreamCall,
     reservation: Reservation,
+    held: contextlib.AsyncExitStack,
     allowance: int,
     headers: dict[str, str],
 ) -> Reply:
@@ -151,6 +197,7 @@ async def _streamed(
         first = await open_stream(upstream)
     except BaseException as exc:
         rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings.get("upstream", 0.0), type(exc).__name__)
+        await held.aclose()
         await reservation.settle(0, Decimal(0))
         raise
     ctx.first_token_s = ctx.elapsed()
@@ -171,7 +218,8 @@ async def _streamed(
         with ctx.timed("account"):
             charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
         finish(rt, ctx)
-        # A stream's `finally` cannot await (the client may be gone): settlement runs as a tracked task.
+        # A stream's `finally` cannot await (the client may be gone): release and settlement run as tracked tasks.
+        rt.supervisor.spawn("release", held.aclose())
         rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))
 
     loop = asyncio.get_running_loop()
