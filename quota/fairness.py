@@ -28,11 +28,12 @@ import re
 import secrets
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from importlib import resources
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
@@ -44,6 +45,7 @@ PREFIX: Final = "sluice"
 MAX_PRIORITY: Final = 99
 """Priorities run from -99 to 99; higher is granted first, whatever the finish tags."""
 
+_T = TypeVar("_T")
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 _GRANTED, _WAITING, _TENANT_FULL = 1, 0, 2
 _DAY_MS = 86_400_000
@@ -82,6 +84,7 @@ class FairQueue:
         max_poll_s: float = 0.1,
         stale_s: float = 2.0,
         timeout_s: float = 0.1,
+        max_calls: int = 32,
         processes: Callable[[], int] = lambda: 1,
         on_depth: Callable[[str, int], None] = lambda deployment, depth: None,
         on_wait: Callable[[str, float], None] = lambda tenant, seconds: None,
@@ -102,6 +105,7 @@ class FairQueue:
         self._poll_s = poll_s
         self._max_poll_s = max(poll_s, max_poll_s)
         self._timeout_s = timeout_s
+        self._calls = asyncio.Semaphore(max_calls)
         self._processes = processes
         self._on_depth = on_depth
         self._on_wait = on_wait
@@ -165,7 +169,7 @@ class FairQueue:
 
     async def queue_depth(self) -> int:
         """Requests waiting for this deployment, across all processes (entries not yet swept included)."""
-        return int(await self._client.zcard(self._keys[0]))
+        return int(await self._call(lambda: self._client.zcard(self._keys[0])))
 
     async def listen(self) -> None:
         """Deliver grant wakes to this process's waiters until cancelled; run it under the app's supervisor.
@@ -176,10 +180,10 @@ class FairQueue:
         while True:
             pubsub = self._client.pubsub()
             try:
-                await pubsub.subscribe(self._channel)
+                await _redis(pubsub.subscribe(self._channel), self._timeout_s)
                 backoff = _LISTEN_BACKOFF_S[0]
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await _redis(pubsub.get_message(timeout=1.0), None)
                     if message is not None and message["type"] == "message":
                         self._deliver(message["data"])
                     elif message is not None and message["type"] == "subscribe":
@@ -285,8 +289,7 @@ class FairQueue:
         return [self._channel, self.capacity, self._claim_ms, member]
 
     async def _run(self, script: AsyncScript, args: list[int | str]) -> list[int]:
-        async with asyncio.timeout(self._timeout_s):
-            result = await script(keys=self._keys, args=args)
+        result = await self._call(lambda: script(keys=self._keys, args=args))
         return [int(value) for value in result]
 
     # --- leaving ------------------------------------------------------------------------------
@@ -301,14 +304,20 @@ class FairQueue:
     async def _leave_quietly(self, member: str) -> int | None:
         """Release the member's slot or waiting entry; the depth left, or None when Redis did not answer."""
         try:
-            async with asyncio.timeout(self._timeout_s):
-                depth = int(await self._release(keys=self._keys, args=self._common_args(member)))
+            depth = int(await self._call(lambda: self._release(keys=self._keys, args=self._common_args(member))))
         except _REDIS_ERRORS:
             return None
         self._on_depth(self.deployment, depth)
         return depth
 
     # --- helpers ------------------------------------------------------------------------------
+
+    async def _call(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        # Every waiter polls: without a bound, a flood would take every connection of the pool the limiter
+        # and the cache share, and redis-py refuses the next call (`MaxConnectionsError`) instead of waiting.
+        # The wait for a turn is local and not part of `timeout_s`, which bounds Redis.
+        async with self._calls:
+            return await _redis(call(), self._timeout_s)
 
     def _deliver(self, data: bytes | str) -> None:
         text = data.decode() if isinstance(data, bytes) else data
@@ -322,22 +331,35 @@ class FairQueue:
         return max(0.05, round(self._hold_s * ((depth or 0) + 1) / self.capacity, 3))
 
 
+async def _redis(call: Awaitable[_T], timeout_s: float | None) -> _T:
+    """Await a Redis call within `timeout_s`, never losing a cancellation that arrives meanwhile.
+
+    redis-py 8 writes commands through `asyncio.wait_for`, which on Python 3.11 returns the result and drops a
+    cancellation that lands as the reply arrives (CPython gh-86296). A request cancelled there would go on
+    to hold or wait for a slot nobody is left to release; so the cancellation is raised here instead.
+    """
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    async with asyncio.timeout(timeout_s):
+        result = await call
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
+    return result
+
+
 def _or_minus_one(value: int | None) -> int:
     return -1 if value is None else value
 
 
-class _Ticket:
-    __slots__ = ("deadline_s", "inc", "max_queued", "member", "tenant_id", "tier")
-
-    def __init__(
-        self, *, member: str, tenant_id: str, inc: int, tier: int, deadline_s: float, max_queued: int | None
-    ) -> None:
-        self.member = member
-        self.tenant_id = tenant_id
-        self.inc = inc
-        self.tier = tier
-        self.deadline_s = deadline_s
-        self.max_queued = max_queued
+class _Ticket(msgspec.Struct, frozen=True, kw_only=True):
+    member: str
+    tenant_id: str
+    inc: int
+    """F − S in milli-tokens per unit of weight."""
+    tier: int
+    """0 is the highest priority: tiers sort ascending in the waiting set."""
+    deadline_s: float
+    max_queued: int | None
 
 
 class _LocalSlots:
