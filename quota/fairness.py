@@ -10,7 +10,8 @@ tenants by start-time fair queuing on tokens, with the capacity and the queue sh
    of the waiting set on behalf of their waiters, advances V to the granted S and publishes the granted
    members on the deployment's channel. A granted slot expires after `stale_s` until its waiter claims it.
 3. A waiter sleeps until `listen` (run by the app's supervisor, one subscriber per process) delivers its
-   grant, or until its backstop poll: `poll_s`, doubling up to `max_poll_s`. Either way it runs
+   grant, or until its backstop poll: `poll_s`, doubling up to `max_poll_s`, or up to `stale_s` / 4 while
+   the subscription is up (then polls only keep the entry alive). Either way it runs
    `lua/queue_poll.lua`, which claims the slot (extends it to `lease_s`) or refreshes its waiting entry, so
    an entry whose process died expires after `stale_s` and never blocks the head for long.
 4. Past its deadline a waiter removes its entry and raises `queue`; a cancelled one removes it too. The
@@ -111,6 +112,7 @@ class FairQueue:
         self._on_wait = on_wait
         self._on_fail_open = on_fail_open
         self._grants: dict[str, asyncio.Future[None]] = {}
+        self._subscribed = False
         self._hold_s = _SEED_HOLD_S
         self._local = _LocalSlots()
 
@@ -187,12 +189,15 @@ class FairQueue:
                     if message is not None and message["type"] == "message":
                         self._deliver(message["data"])
                     elif message is not None and message["type"] == "subscribe":
+                        self._subscribed = True
                         # Grants published while we were not subscribed are lost: have every waiter poll now.
                         self._deliver(" ".join(self._grants).encode())
             except _REDIS_ERRORS:
+                self._subscribed = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _LISTEN_BACKOFF_S[1])
             finally:
+                self._subscribed = False
                 with contextlib.suppress(*_REDIS_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
@@ -249,7 +254,10 @@ class FairQueue:
             self._on_depth(self.deployment, depth)
             if status == _GRANTED:
                 return
-            interval = min(interval * 2, self._max_poll_s)
+            # With the wake subscription up, polls only keep the entry alive and catch a grant published while
+            # the subscriber was reconnecting (it makes every waiter poll once it is back): a few per `stale_s`.
+            ceiling = self._claim_ms / 4000 if self._subscribed else self._max_poll_s
+            interval = min(interval * 2, max(ceiling, self._poll_s))
 
     async def _acquire_locally(self, ticket: _Ticket, deadline: float) -> None:
         self._on_fail_open("queue")
