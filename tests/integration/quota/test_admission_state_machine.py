@@ -41,7 +41,7 @@ from hypothesis.stateful import (
 
 from quota.keys import level_keys, settled_marker
 from quota.limiter import to_nano
-from quota.scripts import Scripts, register
+from quota.scripts import Script, Scripts, register
 from quota.types import Level, LevelLimits
 
 T = TypeVar("T")
@@ -73,8 +73,25 @@ def _text(value: Any) -> Any:
 
 async def _snapshot(client: aioredis.Redis) -> Db:
     """The whole database in one round trip (a script, so no key expires halfway through reading)."""
+    return _parse_snapshot(await client.eval(_SNAPSHOT, 0))
+
+
+async def _around(client: aioredis.Redis, script: Script, keys: list[str], args: list[int | str]) -> tuple[Db, Any, Db]:
+    """The database before, the script's result, and the database after, in one MULTI/EXEC: Redis samples
+    the clock once for a transaction, so no key can expire between the snapshots and the script even on a
+    loaded machine (where separate round trips let short TTLs run out in between)."""
+    await client.execute_command("SCRIPT", "LOAD", script._source)  # type: ignore[no-untyped-call]  # NOSCRIPT inside MULTI would abort it
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.eval(_SNAPSHOT, 0)  # type: ignore[unused-awaitable]  # queued, not awaited
+        pipe.execute_command("EVALSHA", script._sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call, unused-awaitable]
+        pipe.eval(_SNAPSHOT, 0)  # type: ignore[unused-awaitable]
+        before, result, after = await pipe.execute()
+    return _parse_snapshot(before), result, _parse_snapshot(after)
+
+
+def _parse_snapshot(rows: Any) -> Db:
     db: Db = {}
-    for raw_key, raw_type, raw in await client.eval(_SNAPSHOT, 0):
+    for raw_key, raw_type, raw in rows:
         key, kind, items = _text(raw_key), _text(raw_type), [_text(v) for v in raw]
         if kind == "zset":
             db[key] = {items[i]: int(float(items[i + 1])) for i in range(0, len(items), 2)}
@@ -365,9 +382,8 @@ class AdmissionMachine(RuleBasedStateMachine):
         args = _reserve_args(placed, rid, tokens, usd, ttl)
         keys = [k for p in placed for k in p.keys]
         for _ in range(len(placed) + 1):
-            before = self.snapshot()
-            result = [_text(v) for v in self.run(self.scripts.reserve(keys=keys, args=args))]
-            after = self.snapshot()
+            before, raw, after = self.run(_around(self.client, self.scripts.reserve, keys, args))
+            result = [_text(v) for v in raw]
             model = _Model(before)
             assert result == model.reserve(placed, rid, tokens, usd, ttl, now=int(result[3])), "decision"
             _assert_same(after, model.result(), f"reserve {result[:3]}")
@@ -419,21 +435,19 @@ class AdmissionMachine(RuleBasedStateMachine):
 
     def settle(self, held: Held, tokens: int, usd: int) -> None:
         first = held.rid in self.open
-        before = self.snapshot()
         if held.placed:
             marker = settled_marker(self.tenant_id, held.rid)
             args = _settle_args(held.placed, held.rid, tokens, usd)
             keys = [k for p in held.placed for k in p.keys] + [marker]
-            applied = self.run(self.scripts.settle(keys=keys, args=args))
+            before, applied, after = self.run(_around(self.client, self.scripts.settle, keys, args))
             model = _Model(before)
             assert applied == model.settle(held.placed, marker, held.rid, tokens, usd)
-            after = self.snapshot()
             _assert_same(after, model.result(), "settle")
             if not first:
                 assert applied == 0
                 _assert_same(after, before, "a repeated settlement")
         else:
-            after = before
+            before = after = self.snapshot()
         if not first:
             return
         del self.open[held.rid]
