@@ -75,14 +75,18 @@ class RequestContext:
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
-    def server_timing(self) -> str:
-        """The `Server-Timing` header: each stage and the total so far, in milliseconds."""
-        parts = [f"{stage};dur={value * 1000:.3f}" for stage, value in self.timings.items()]
-        parts.append(f"total;dur={self.elapsed() * 1000:.3f}")
-        return ", ".join(parts)
+    def timing_headers(self) -> dict[str, str]:
+        """`Server-Timing` and `x-sluice-overhead-ms`, from one reading of the clock so they agree.
 
-    def overhead_ms(self) -> float:
-        return max(0.0, (self.elapsed() - self.timings.get("upstream", 0.0)) * 1000)
+        Time spent between timed stages is reported as `other`, so the stages always add up to `total`.
+        """
+        total = self.elapsed()
+        staged = sum(self.timings.values())
+        parts = [f"{stage};dur={value * 1000:.3f}" for stage, value in self.timings.items()]
+        parts.append(f"other;dur={max(0.0, total - staged) * 1000:.3f}")
+        parts.append(f"total;dur={total * 1000:.3f}")
+        overhead = max(0.0, total - self.timings.get("upstream", 0.0)) * 1000
+        return {"server-timing": ", ".join(parts), "x-sluice-overhead-ms": f"{overhead:.3f}"}
 
     def elapsed(self) -> float:
         return (time.perf_counter_ns() - self.started_ns) / 1e9

@@ -171,8 +171,7 @@ async def _answered(
     if ctx.logged_text is not None:
         ctx.logged_text["completion"] = completion_text(answer)
     headers["x-sluice-cost-usd"] = format_usd(ctx.cost)
-    headers["x-sluice-overhead-ms"] = f"{ctx.overhead_ms():.3f}"
-    headers["server-timing"] = ctx.server_timing()
+    headers.update(ctx.timing_headers())
     finish(rt, ctx)
     return Reply(body=answer, headers={**headers, "content-type": "application/json"})
 

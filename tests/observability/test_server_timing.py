@@ -29,9 +29,10 @@ async def test_server_timing_stages_sum_to_the_server_time_with_a_slow_upstream(
     assert response.status_code == 200
     stages = _timings(response.headers["server-timing"])
     total = stages.pop("total")
-    assert {"auth", "decode", "route", "admit", "upstream", "account", "settle"} <= set(stages)
+    assert {"auth", "decode", "route", "admit", "upstream", "account", "settle", "other"} <= set(stages)
     assert stages["upstream"] >= 300
-    assert abs(sum(stages.values()) - total) <= 1.0, stages
+    # Each figure is rounded to a microsecond, so the sum may differ from the total by that much per stage.
+    assert abs(sum(stages.values()) - total) <= 0.001 * len(stages), stages
     assert total <= client_seconds * 1000
     overhead = float(response.headers["x-sluice-overhead-ms"])
-    assert abs(overhead - (total - stages["upstream"])) <= 1.0
+    assert abs(overhead - (total - stages["upstream"])) <= 0.002
