@@ -31,6 +31,8 @@ async def test_server_timing_stages_sum_to_the_server_time_with_a_slow_upstream(
     total = stages.pop("total")
     assert {"auth", "decode", "route", "admit", "upstream", "account", "settle", "other"} <= set(stages)
     assert stages["upstream"] >= 300
+    # Time outside every named stage is reported as `other` (typically ~0.05 ms; CI once saw 1.01 ms on a
+    # loaded 2-core box), so the sum is exact rather than a timed bound that flakes.
     # Each figure is rounded to a microsecond, so the sum may differ from the total by that much per stage.
     assert abs(sum(stages.values()) - total) <= 0.001 * len(stages), stages
     assert total <= client_seconds * 1000
