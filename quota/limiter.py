@@ -34,7 +34,7 @@ from quota import keys
 from quota.errors import QuotaBackendError, QuotaExceededError
 from quota.periods import period_bounds, period_id
 from quota.scripts import Scripts, register
-from quota.types import Admission, Demand, Level, LevelUsage, QuotaKind, Window
+from quota.types import Admission, BudgetState, Demand, Level, LevelUsage, QuotaKind, Window
 
 _NANO = Decimal("0.000000001")
 _MARKER_TTL_MS = 86_400_000
@@ -277,6 +277,7 @@ def _admission(levels: list[Level], stats: list[int], now_ms: int, shadow: tuple
     """Headers come from the tightest window across levels."""
     requests: Window | None = None
     tokens: Window | None = None
+    budget: BudgetState | None = None
     for i, level in enumerate(levels):
         rpm_count, rpm_reset, tpm_sum, tpm_reset = stats[7 * i : 7 * i + 4]
         limits = level.limits
@@ -288,5 +289,10 @@ def _admission(levels: list[Level], stats: list[int], now_ms: int, shadow: tuple
             window = Window(limits.tpm, limits.tpm - tpm_sum, tpm_reset / 1000)
             if tokens is None or window.remaining < tokens.remaining:
                 tokens = window
+        if level.scope == "tenant" and limits.budget_usd is not None and not limits.shadow:
+            spent, reserved = stats[7 * i + 4 : 7 * i + 6]
+            budget = BudgetState(
+                period=limits.budget_period, limit_usd=limits.budget_usd, used_usd=(spent + reserved) * _NANO
+            )
     kinds: tuple[QuotaKind, ...] = tuple(k for k in shadow if k in ("rpm", "tpm", "budget", "concurrency"))  # type: ignore[misc]  # narrowed by the filter
-    return Admission(requests=requests, tokens=tokens, admitted_at_ms=now_ms, shadow_rejections=kinds)
+    return Admission(requests=requests, tokens=tokens, admitted_at_ms=now_ms, shadow_rejections=kinds, budget=budget)

@@ -55,6 +55,15 @@ class Window(msgspec.Struct, frozen=True):
     reset_s: float
 
 
+class BudgetState(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant-level budget as admission saw it: for the budget gauges, so alerts can see exhaustion coming."""
+
+    period: BudgetPeriod
+    limit_usd: Decimal
+    used_usd: Decimal
+    """Settled spend plus open reservations this period, this request's reservation included."""
+
+
 class Admission(msgspec.Struct, frozen=True, kw_only=True):
     """What admission decided, for the response headers, metrics and the ledger."""
 
@@ -66,6 +75,8 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     """Limits in shadow mode this request would have exceeded."""
     fail_open: bool = False
     """Decided by the local fallback because Redis was unreachable."""
+    budget: BudgetState | None = None
+    """The tenant-level budget, when one is enforced."""
 
 
 class LevelUsage(msgspec.Struct, frozen=True, kw_only=True):

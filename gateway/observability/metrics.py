@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from quota.types import Admission
+
 OTHER = "other"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # The 50 ms overhead SLO threshold is an exact bucket boundary (ECOSYSTEM §2.1).
@@ -121,6 +123,16 @@ class Metrics:
             "sluice_quota_fail_open", "Admissions decided by the local fallback while Redis was unreachable.",
             ["kind"], registry=registry,
         )  # fmt: skip
+        # Set at each admission from the numbers the admission script saw; `mostrecent` so a scrape of any
+        # worker shows the latest admission on any worker.
+        self.budget_limit = Gauge(
+            "sluice_budget_limit_usd", "A tenant's budget for the current period, USD.", ["tenant", "period"],
+            registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
+        self.budget_used = Gauge(
+            "sluice_budget_used_usd", "Spend plus open reservations this period, USD, at the last admission.",
+            ["tenant", "period"], registry=registry, multiprocess_mode="mostrecent",
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "sluice_queue_depth", "Requests waiting for upstream capacity.", ["deployment"], registry=registry,
             multiprocess_mode="max",
@@ -201,6 +213,17 @@ class Metrics:
         kind = QUOTA_KINDS_BY_CODE.get(error_code or "")
         if kind is not None:
             self.quota_rejections.labels(tenant, kind).inc()
+
+    def observe_admission(self, tenant_id: str, admission: Admission) -> None:
+        """Shadow rejections, and the tenant's budget as admission saw it (only for tenants with their own label:
+        under `other`, many tenants' budgets would overwrite each other)."""
+        tenant = self.bounds.tenant(tenant_id)
+        for kind in admission.shadow_rejections:
+            self.quota_shadow_rejections.labels(tenant, kind).inc()
+        budget = admission.budget
+        if budget is not None and tenant != OTHER:
+            self.budget_limit.labels(tenant, budget.period).set(float(budget.limit_usd))
+            self.budget_used.labels(tenant, budget.period).set(float(budget.used_usd))
 
     def observe_upstream(self, provider: str, model: str, seconds: float, error_type: str | None) -> None:
         """One upstream call (`model` is a configured deployment's model, so it is bounded by configuration)."""

@@ -97,8 +97,7 @@ async def run_chat(
     with ctx.timed("admit"):
         demand, allowance = demand_for(request, resolved, rt.limits, ctx.request_id)
         reservation = await rt.limiter.reserve(levels_for(tenant, request), demand)
-    for kind in reservation.admission.shadow_rejections:
-        rt.metrics.quota_shadow_rejections.labels(rt.metrics.bounds.tenant(tenant.tenant_id), kind).inc()
+    rt.metrics.observe_admission(tenant.tenant_id, reservation.admission)
 
     headers = {
         **rate_limit_headers(reservation.admission),
