@@ -20,7 +20,10 @@ install: $(BIN)/.installed ## create .venv and install Sluice with its test and 
 run: install ## serve on :8080 with embedded Postgres and Valkey and a demo tenant
 	$(BIN)/sluice serve --demo
 
-test: install ## run the whole test suite (real Postgres and Redis: embedded unless SLUICE_TEST_*_URL are set)
+system-deps: ## promtool, Prometheus and wrk from Debian's packages (tests/deploy, bench/); a no-op when present
+	bash .ci/install-system-deps
+
+test: install system-deps ## run the whole test suite (real Postgres and Redis: embedded unless SLUICE_TEST_*_URL are set)
 	$(BIN)/pytest -n auto $(PYTEST_ARGS)
 
 lint: install ## ruff, mypy (strict) and the import-layer contracts
@@ -38,4 +41,4 @@ bench: install ## gateway overhead against direct-to-upstream (needs wrk)
 
 check: lint test ## what CI runs
 
-.PHONY: help install run test lint fmt bench check
+.PHONY: help install system-deps run test lint fmt bench check

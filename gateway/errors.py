@@ -161,7 +161,8 @@ def from_upstream(exc: UpstreamError) -> GatewayError:
                 headers=_retry_headers(exc.retry_after or 1),
             )
         if 400 <= exc.status < 500 and exc.status not in (401, 403, 407, 408):
-            return InvalidRequestError(f"The upstream rejected the request: {exc.message}", code="upstream_rejected")
+            message = f"The upstream rejected the request: {exc.message}"
+            return InvalidRequestError(message, code="upstream_rejected", outcome="upstream_rejected")
         return BadGatewayError(f"The upstream answered {exc.status}: {exc.message}")
     if isinstance(exc, UpstreamConnectError):
         return BadGatewayError(f"Could not reach the upstream: {exc.message}", code="upstream_unavailable")

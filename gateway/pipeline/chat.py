@@ -89,6 +89,7 @@ async def run_chat(
     with ctx.timed("route"):
         resolved = route(rt.routes, request)
     ctx.route = resolved.policy
+    rt.metrics.route_decisions.labels(resolved.alias, resolved.policy).inc()
     ctx.served_model, ctx.deployment, ctx.provider = (
         resolved.provider.model,
         resolved.provider.deployment,
@@ -98,6 +99,7 @@ async def run_chat(
         demand, allowance = demand_for(request, resolved, rt.limits, ctx.request_id)
         reservation = await rt.limiter.reserve(levels_for(tenant, request), demand)
     rt.metrics.observe_admission(tenant.tenant_id, reservation.admission)
+    rt.metrics.cache_lookups.labels(rt.metrics.bounds.tenant(tenant.tenant_id), ctx.cache).inc()  # stage 4
 
     headers = {
         **rate_limit_headers(reservation.admission),

@@ -44,7 +44,7 @@ CASES = [
     Case("fake-500", 502, "server_error", "upstream_error", "upstream_error"),
     Case("fake-503", 502, "server_error", "upstream_error", "upstream_error"),
     Case("fake-429", 502, "server_error", "upstream_rate_limited", "upstream_rate_limited", retry_after="7"),
-    Case("fake-400", 400, "invalid_request_error", "upstream_rejected", "invalid_request"),
+    Case("fake-400", 400, "invalid_request_error", "upstream_rejected", "upstream_rejected"),
     Case("fake-401", 502, "server_error", "upstream_error", "upstream_error"),
     Case("fake-redirect", 502, "server_error", "upstream_error", "upstream_error"),
     Case("fake-slow", 504, "server_error", "upstream_timeout", "upstream_timeout"),
