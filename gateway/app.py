@@ -37,6 +37,7 @@ from gateway.runtime import ResolvedRoute, Runtime
 from gateway.settings import FileConfig, Settings
 from gateway.supervisor import Supervisor
 from quota.fairness import FairQueue
+from quota.health import RedisHealth
 from quota.limiter import Limiter
 from tenants.auth import Authenticator
 from tenants.keys import KeyHasher
@@ -108,29 +109,7 @@ def create_app(
             on_error=metrics_.ledger_errors.inc,
         )
         await ledger.ensure_partitions()
-        limiter = Limiter(
-            redis,
-            LedgerSpend(pool),
-            timeout_s=settings.admission_timeout_ms / 1000,
-            reservation_ttl_s=settings.reservation_ttl_s,
-            processes=lambda: processes,
-            on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
-            on_settle_error=metrics_.quota_settle_errors.inc,
-        )
-        queues = {
-            deployment.name: FairQueue(
-                redis,
-                deployment.name,
-                deployment.capacity,
-                timeout_s=settings.admission_timeout_ms / 1000,
-                processes=lambda: processes,
-                on_depth=lambda name, depth: metrics_.queue_depth.labels(name).set(depth),
-                on_wait=lambda tenant, seconds: metrics_.queue_wait.labels(bounds.tenant(tenant)).observe(seconds),
-                on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
-            )
-            for deployment in config.deployments
-            if deployment.capacity is not None
-        }
+        limiter, queues = _quota_backends(redis, LedgerSpend(pool), settings, config, metrics_, processes)
         supervisor = Supervisor()
         tracer = None
         if span_exporter is not None or settings.tracing != "off":
@@ -169,6 +148,7 @@ def create_app(
             runtime.draining = True
             await supervisor.stop()
             await ledger.close()
+            await limiter.aclose()
             for provider in providers.values():
                 await provider.aclose()
             await redis.aclose()
@@ -191,3 +171,43 @@ def create_app(
         debug=False,
     )
     return HotPath(app, config.limits.max_body_bytes)
+
+
+def _quota_backends(
+    redis: aioredis.Redis,
+    spend: LedgerSpend,
+    settings: Settings,
+    config: FileConfig,
+    metrics_: Metrics,
+    processes: int,
+) -> tuple[Limiter, dict[str, FairQueue]]:
+    """The limiter and one fair queue per deployment with a capacity, sharing one view of Redis's health."""
+    timeout_s = settings.admission_timeout_ms / 1000
+    health = RedisHealth(redis, timeout_s=timeout_s, on_change=metrics_.set_quota_fallback)
+    limiter = Limiter(
+        redis,
+        spend,
+        timeout_s=timeout_s,
+        reservation_ttl_s=settings.reservation_ttl_s,
+        processes=lambda: processes,
+        on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
+        on_settle_error=metrics_.quota_settle_errors.inc,
+        health=health,
+    )
+    bounds = metrics_.bounds
+    queues = {
+        deployment.name: FairQueue(
+            redis,
+            deployment.name,
+            deployment.capacity,
+            timeout_s=timeout_s,
+            processes=lambda: processes,
+            on_depth=lambda name, depth: metrics_.queue_depth.labels(name).set(depth),
+            on_wait=lambda tenant, seconds: metrics_.queue_wait.labels(bounds.tenant(tenant)).observe(seconds),
+            on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
+            health=health,
+        )
+        for deployment in config.deployments
+        if deployment.capacity is not None
+    }
+    return limiter, queues

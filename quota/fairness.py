@@ -40,6 +40,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from quota.errors import QuotaExceededError
+from quota.health import RedisHealth
 from quota.types import QuotaKind
 
 PREFIX: Final = "sluice"
@@ -90,6 +91,7 @@ class FairQueue:
         on_depth: Callable[[str, int], None] = lambda deployment, depth: None,
         on_wait: Callable[[str, float], None] = lambda tenant, seconds: None,
         on_fail_open: Callable[[QuotaKind], None] = lambda kind: None,
+        health: RedisHealth | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity of deployment {deployment!r} must be at least 1, not {capacity}")
@@ -115,6 +117,7 @@ class FairQueue:
         self._subscribed = False
         self._hold_s = _SEED_HOLD_S
         self._local = _LocalSlots()
+        self._health = health
 
     def slot(
         self,
@@ -205,6 +208,9 @@ class FairQueue:
 
     async def _acquire(self, ticket: _Ticket, deadline: float) -> bool:
         """Hold a slot in Redis (True) or, with Redis unreachable, a local one (False); else raise."""
+        if self._health is not None and not self._health.up:
+            await self._acquire_locally(ticket, deadline)  # known down: do not pay a timeout to learn it again
+            return False
         # Registered before the enqueue, so a grant published before the reply arrives is not missed.
         self._grants[ticket.member] = asyncio.get_running_loop().create_future()
         try:
@@ -221,6 +227,8 @@ class FairQueue:
             if status != _GRANTED:
                 await self._wait(ticket, deadline)
         except _REDIS_ERRORS:
+            if self._health is not None:
+                self._health.failed()
             # The entry may exist (the reply was lost, not the call): remove it, best effort, then go local.
             await asyncio.shield(self._leave_quietly(ticket.member))
             await self._acquire_locally(ticket, deadline)

@@ -32,6 +32,7 @@ from redis.exceptions import RedisError
 
 from quota import keys
 from quota.errors import QuotaBackendError, QuotaExceededError
+from quota.health import RedisHealth
 from quota.periods import period_bounds, period_id
 from quota.scripts import Scripts, register
 from quota.types import Admission, BudgetState, Demand, Level, LevelUsage, QuotaKind, Window
@@ -82,8 +83,10 @@ class Limiter:
         processes: Callable[[], int] = lambda: 1,
         on_fail_open: Callable[[QuotaKind], None] = lambda kind: None,
         on_settle_error: Callable[[], None] = lambda: None,
+        health: RedisHealth | None = None,
     ) -> None:
         self._client = client
+        self.health = health or RedisHealth(client, timeout_s=timeout_s)
         self._scripts: Scripts = register(client)
         self._spend = spend
         self._timeout_s = timeout_s
@@ -94,6 +97,7 @@ class Limiter:
         self._local_requests = MovingWindowRateLimiter(MemoryStorage())
         self._local_tokens = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._local_inflight: Counter[tuple[str, str, str]] = Counter()
+        self._retrying: set[asyncio.Task[None]] = set()
 
     # --- admission -------------------------------------------------------------------------
 
@@ -104,9 +108,12 @@ class Limiter:
         periods = [period_id(level.limits.budget_period, now) for level in levels]
         if not levels:
             return Reservation(self, levels, demand, periods, Admission())
+        if not self.health.up:
+            return Reservation(self, levels, demand, periods, self._reserve_locally(levels, demand))
         try:
             admission = await self._reserve_in_redis(levels, demand, periods, now)
         except (RedisError, OSError, TimeoutError):
+            self.health.failed()
             admission = self._reserve_locally(levels, demand)
         return Reservation(self, levels, demand, periods, admission)
 
@@ -228,15 +235,44 @@ class Limiter:
         redis_keys.append(keys.settled_marker(levels[0].tenant_id, reservation.demand.request_id))
         args: list[int | str] = [reservation.demand.request_id, tokens, to_nano(cost_usd), len(levels), _MARKER_TTL_MS]
         args += [1 if level.limits.budget_usd is not None else 0 for level in levels]
-        for attempt in range(3):
-            try:
+        if self.health.up and await self._settle_once(redis_keys, args):
+            return
+        # Redis did not take it: retry off the response path, so a slow or absent Redis never holds up an answer.
+        task = asyncio.get_running_loop().create_task(self._settle_later(redis_keys, args), name="settle-retry")
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+
+    async def _settle_once(self, redis_keys: list[str], args: list[int | str]) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
                 await self._scripts.settle(keys=redis_keys, args=args)
+        except (RedisError, OSError, TimeoutError):
+            self._on_settle_error()
+            self.health.failed()
+            return False
+        return True
+
+    async def _settle_later(self, redis_keys: list[str], args: list[int | str]) -> None:
+        """Retry until Redis takes the settlement, for as long as the reservation itself lives (after that it
+        has expired on its own, and the ledger holds the real spend). The script applies a settlement at most
+        once (its `settled` marker), so retrying after a lost reply is safe."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ttl_ms / 1000
+        delay = 0.2
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            if self.health.up and await self._settle_once(redis_keys, args):
                 return
-            except (RedisError, OSError):
-                self._on_settle_error()
-                await asyncio.sleep(0.2 * (attempt + 1))
-        # Still unreachable: the reservation expires on its own and the ledger holds the real spend,
-        # from which the counter is rebuilt if Redis comes back empty.
+
+    async def aclose(self, grace_s: float = 1.0) -> None:
+        """Give pending settlement retries `grace_s` to land, then stop them and the health probe."""
+        if self._retrying:
+            await asyncio.wait(set(self._retrying), timeout=grace_s)
+        for task in list(self._retrying):
+            task.cancel()
+        await asyncio.gather(*self._retrying, return_exceptions=True)
+        await self.health.aclose()
 
 
 def _needs_settlement(level: Level) -> bool:

@@ -137,6 +137,11 @@ class Metrics:
             "sluice_budget_used_usd", "Spend plus open reservations this period, USD, at the last admission.",
             ["tenant", "period"], registry=registry, multiprocess_mode="mostrecent",
         )  # fmt: skip
+        self.quota_fallback = Gauge(
+            "sluice_quota_fallback_active", "1 while quotas of this kind are decided without Redis (unreachable).",
+            ["kind"], registry=registry, multiprocess_mode="max",
+        )  # fmt: skip
+        self.set_quota_fallback(up=True)
         self.queue_depth = Gauge(
             "sluice_queue_depth", "Requests waiting for upstream capacity.", ["deployment"], registry=registry,
             multiprocess_mode="max",
@@ -217,6 +222,12 @@ class Metrics:
         kind = QUOTA_KINDS_BY_CODE.get(error_code or "")
         if kind is not None:
             self.quota_rejections.labels(tenant, kind).inc()
+
+    def set_quota_fallback(self, up: bool) -> None:
+        """Redis went away or came back: rate limits, concurrency and queues fall back to local limiters,
+        budgets to refusal (RELIABILITY §6.2)."""
+        for kind in ("rpm", "tpm", "concurrency", "queue", "budget"):
+            self.quota_fallback.labels(kind).set(0 if up else 1)
 
     def observe_admission(self, tenant_id: str, admission: Admission) -> None:
         """Shadow rejections, and the tenant's budget as admission saw it (only for tenants with their own label:
