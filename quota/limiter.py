@@ -233,7 +233,14 @@ class Limiter:
             key for level, period in zip(levels, periods, strict=True) for key in keys.level_keys(level, period)
         ]
         redis_keys.append(keys.settled_marker(levels[0].tenant_id, reservation.demand.request_id))
-        args: list[int | str] = [reservation.demand.request_id, tokens, to_nano(cost_usd), len(levels), _MARKER_TTL_MS]
+        args: list[int | str] = [
+            reservation.demand.request_id,
+            tokens,
+            to_nano(cost_usd),
+            len(levels),
+            _MARKER_TTL_MS,
+            reservation.admission.admitted_at_ms or 0,
+        ]
         args += [1 if level.limits.budget_usd is not None else 0 for level in levels]
         if self.health.up and await self._settle_once(redis_keys, args):
             return

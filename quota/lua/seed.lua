@@ -4,7 +4,10 @@
 if redis.call('HGET', KEYS[1], 'seeded') == '1' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'seeded', '1')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- `seeded_at` tells settle.lua which requests this counter admitted itself (see there).
+redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'seeded', '1', 'seeded_at', now)
 redis.call('HSETNX', KEYS[1], 'reserved', 0)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1

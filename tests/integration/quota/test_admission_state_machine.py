@@ -148,8 +148,8 @@ def _reserve_args(placed: list[Placed], request_id: str, tokens: int, usd: int, 
     return args
 
 
-def _settle_args(placed: list[Placed], request_id: str, tokens: int, usd: int) -> list[int | str]:
-    args: list[int | str] = [request_id, tokens, usd, len(placed), MARKER_TTL_MS]
+def _settle_args(placed: list[Placed], request_id: str, tokens: int, usd: int, admitted_at: int) -> list[int | str]:
+    args: list[int | str] = [request_id, tokens, usd, len(placed), MARKER_TTL_MS, admitted_at]
     return args + [int(p.level.limits.budget_usd is not None) for p in placed]
 
 
@@ -244,19 +244,21 @@ class _Model:
             out += [count, rpm_reset, total, tpm_reset, spent, reserved, inflight]
         return out
 
-    def settle(self, placed: list[Placed], marker: str, rid: str, tokens: int, usd: int) -> int:
+    def settle(self, placed: list[Placed], marker: str, rid: str, tokens: int, usd: int, admitted_at: int) -> int:
         if marker in self.db:
             return 0
         self.db[marker] = "1"
         for p in placed:
             _, _, tpmv, bud, inf, res = p.keys
-            if rid in self.z(inf):
+            found = rid in self.z(inf)
+            if found:
                 del self.z(inf)[rid]
                 held = int(self.h(res).get(rid, "0"))
                 if held > 0:
                     self.hincr(bud, "reserved", -held)
             self.h(res).pop(rid, None)
-            if p.level.limits.budget_usd is not None and self.h(bud).get("seeded") == "1":
+            tracked = p.level.limits.budget_usd is not None and self.h(bud).get("seeded") == "1"
+            if tracked and (found or admitted_at >= int(self.h(bud).get("seeded_at", "0"))):
                 self.hincr(bud, "spent", usd)
             old = self.h(tpmv).get(rid)
             if old is not None:
@@ -264,10 +266,10 @@ class _Model:
                 self.hincr(tpmv, "__sum", tokens - int(old))
         return 1
 
-    def seed(self, bud: str, spent: int) -> int:
+    def seed(self, bud: str, spent: int, seeded_at: str) -> int:
         if self.h(bud).get("seeded") == "1":
             return 0
-        self.h(bud).update(spent=str(spent), seeded="1")
+        self.h(bud).update(spent=str(spent), seeded="1", seeded_at=seeded_at)
         self.h(bud).setdefault("reserved", "0")
         return 1
 
@@ -294,6 +296,7 @@ class Held:
     usd: int
     process: Process
     expires_at: int = 0
+    admitted_at: int = 0
 
 
 @dataclass
@@ -393,7 +396,8 @@ class AdmissionMachine(RuleBasedStateMachine):
                 continue
             if status == 0:
                 return None
-            held.expires_at = int(result[3]) + ttl
+            held.admitted_at = int(result[3])
+            held.expires_at = held.admitted_at + ttl
             self.open[rid] = held
             self.check_admission(placed, after)
             return held
@@ -405,12 +409,14 @@ class AdmissionMachine(RuleBasedStateMachine):
         before = self.snapshot()
         spent = self.ledger[(scope, p.period)]
         applied = self.run(self.scripts.seed(keys=[bud], args=[spent, BUDGET_TTL_MS + 86_400_000]))
-        model = _Model(before)
-        assert applied == model.seed(bud, spent)
         after = self.snapshot()
+        seeded_at = after[bud]["seeded_at"]  # the Redis clock at the seed
+        model = _Model(before)
+        assert applied == model.seed(bud, spent, seeded_at)
         _assert_same(after, model.result(), "seed")
         # A new period starts from the ledger alone; every other period keeps what it had.
-        assert after[bud] == {"spent": str(spent), "seeded": "1", "reserved": before.get(bud, {}).get("reserved", "0")}
+        reserved = before.get(bud, {}).get("reserved", "0")
+        assert after[bud] == {"spent": str(spent), "seeded": "1", "seeded_at": seeded_at, "reserved": reserved}
 
     def check_admission(self, placed: list[Placed], db: Db) -> None:
         """Right after an admission, every enforced limit holds at every level it passed."""
@@ -437,11 +443,11 @@ class AdmissionMachine(RuleBasedStateMachine):
         first = held.rid in self.open
         if held.placed:
             marker = settled_marker(self.tenant_id, held.rid)
-            args = _settle_args(held.placed, held.rid, tokens, usd)
+            args = _settle_args(held.placed, held.rid, tokens, usd, held.admitted_at)
             keys = [k for p in held.placed for k in p.keys] + [marker]
             before, applied, after = self.run(_around(self.client, self.scripts.settle, keys, args))
             model = _Model(before)
-            assert applied == model.settle(held.placed, marker, held.rid, tokens, usd)
+            assert applied == model.settle(held.placed, marker, held.rid, tokens, usd, held.admitted_at)
             _assert_same(after, model.result(), "settle")
             if not first:
                 assert applied == 0

@@ -400,6 +400,22 @@ async def test_settlement_straddling_a_flush_is_applied_at_most_once_and_the_reb
     assert await _counters(client, level) == Counters(0, 0, to_nano(Decimal("0.5")), to_nano(Decimal("0.1")), 1)
 
 
+async def test_settlement_arriving_after_the_rebuild_is_not_charged_on_top_of_the_ledger(
+    limiter: Limiter, client: aioredis.Redis, ledger: Ledger
+) -> None:
+    """A request admitted before Redis lost its data, settled after the counter was rebuilt from a ledger that
+    already holds its record (a retry that outlived an outage): counted once, by the ledger."""
+    level = _level(budget_usd=Decimal("1.00"), max_concurrency=5)
+    ledger.add(level, Decimal("0.2"))
+    straddling = await limiter.reserve([level], _demand(cost="0.5"))
+    await client.flushdb()
+    ledger.add(level, Decimal("0.3"))  # its usage record
+    fresh = await limiter.reserve([level], _demand(cost="0.1"))  # rebuilds the counter: 0.5 spent
+    await straddling.settle(0, Decimal("0.3"))
+    await fresh.settle(0, Decimal("0.05"))  # admitted by the rebuilt counter: charged
+    assert await _counters(client, level) == Counters(0, 0, to_nano(Decimal("0.55")), 0, 0)
+
+
 # --- headers -------------------------------------------------------------------------------------
 
 
