@@ -100,13 +100,14 @@ async def _ledger_spend(database_url: str, tenant_id: str) -> Decimal:
     return spent
 
 
-async def test_redis_killed_under_load_then_back_empty(
-    tmp_path: Path, fake: FakeUpstream, database_url: str
-) -> None:
+async def test_redis_killed_under_load_then_back_empty(tmp_path: Path, fake: FakeUpstream, database_url: str) -> None:
     fake.latency_s = 0.02
-    with _private_valkey(tmp_path / "valkey") as valkey, serve_processes(
-        tmp_path, config_toml(fake.base_url), count=2, database_url=database_url, redis_url=valkey.url
-    ) as procs:
+    with (
+        _private_valkey(tmp_path / "valkey") as valkey,
+        serve_processes(
+            tmp_path, config_toml(fake.base_url), count=2, database_url=database_url, redis_url=valkey.url
+        ) as procs,
+    ):
         _, _, rpm_key = await tenant_key(procs[0].base, "t-rpm", rpm=600, window_s=60)
         budget_id, _, budget_key = await tenant_key(procs[0].base, "t-budget", budget_usd="0.50", budget_period="day")
         seen = _Seen()
