@@ -1,9 +1,10 @@
 """`RedisHealth`: whether the quota backend answers, so admissions stop paying a timeout each once it does not.
 
-After one failed call, admissions go straight to the local fallback (RELIABILITY §6.2) while a probe
-pings Redis every `probe_interval_s`; its first answer puts them back on Redis. Without this, a black-holed
-Redis would cost every request the full admission timeout. Written by hand: it is a two-state circuit
-breaker with one probe, smaller than any breaker library's configuration.
+After `threshold` calls in a row fail, admissions go straight to the local fallback (RELIABILITY §6.2)
+while a probe pings Redis every `probe_interval_s`; its first answer puts them back on Redis. Without this,
+a black-holed Redis would cost every request the full admission timeout; with a threshold of one, a single
+slow call on a busy machine would loosen every limit to its local share for a probe interval. Written by
+hand: a two-state circuit breaker with one probe is smaller than any breaker library's configuration.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ class RedisHealth:
         *,
         timeout_s: float,
         probe_interval_s: float = 0.25,
+        threshold: int = 3,
         on_change: Callable[[bool], None] = lambda up: None,
     ) -> None:
         self._client = client
         self._timeout_s = timeout_s
         self._interval_s = probe_interval_s
         self._on_change = on_change
+        self._threshold = threshold
+        self._failures = 0
         self._up = True
         self._probe: asyncio.Task[None] | None = None
 
@@ -36,9 +40,14 @@ class RedisHealth:
     def up(self) -> bool:
         return self._up
 
+    def succeeded(self) -> None:
+        self._failures = 0
+
     def failed(self) -> None:
-        """A call to Redis failed or timed out: decide locally until the probe sees Redis answer again."""
-        if not self._up:
+        """A call to Redis failed or timed out; after `threshold` in a row, decide locally until the probe
+        sees Redis answer again."""
+        self._failures += 1
+        if not self._up or self._failures < self._threshold:
             return
         self._up = False
         self._on_change(False)
@@ -50,7 +59,7 @@ class RedisHealth:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self._timeout_s):
                     await self._client.ping()
-                self._up = True
+                self._up, self._failures = True, 0
                 self._on_change(True)
                 return
 

@@ -115,6 +115,8 @@ class Limiter:
         except (RedisError, OSError, TimeoutError):
             self.health.failed()
             admission = self._reserve_locally(levels, demand)
+        else:
+            self.health.succeeded()
         return Reservation(self, levels, demand, periods, admission)
 
     async def _reserve_in_redis(
@@ -257,6 +259,7 @@ class Limiter:
             self._on_settle_error()
             self.health.failed()
             return False
+        self.health.succeeded()
         return True
 
     async def _settle_later(self, redis_keys: list[str], args: list[int | str]) -> None:
