@@ -1,13 +1,14 @@
 """RELIABILITY T05 (quota issue acceptance 3): a tenant's concurrency slot is released on every exit path.
 
-A tenant with `max_concurrency = 4` sends a few hundred requests from 8 clients through a gateway over
-real HTTP on loopback, mixing every way a request can end once it holds a slot: answered, upstream 500,
-upstream timeout (504), upstream rejecting the body (400), the gateway's own model rejecting the body
-after admission (over the simulator's context window), a stream the client cancels after 3 chunks, and a
-client that disconnects before the response headers (while the upstream works, streamed or not) — plus
-requests refused at admission (429) and a client that leaves mid-body, before admission. The upstream
-is a small aiohttp fake of this file's own that counts the calls it is serving at once, from the request
-arriving to the last byte written (the shared fake in `tests/fakes/upstream.py` records arrivals only).
+A tenant with `max_concurrency = 4` sends 478 jobs from 8 clients (about 1,000 requests: a job refused at
+the limit is retried) through a gateway over real HTTP on loopback, mixing every way a request can end
+once it holds a slot: answered, upstream 500, upstream timeout (504), upstream rejecting the body (400),
+the gateway's own model rejecting the body after admission (over the simulator's context window), a
+stream the client cancels after 3 chunks, and a client that disconnects before the response headers
+(while the upstream works, streamed or not) — plus requests refused at admission (429) and a client that
+leaves mid-body, before admission. The upstream is a small aiohttp fake of this file's own that counts
+the calls it is serving at once, from the request arriving to the last byte written (the shared fake in
+`tests/fakes/upstream.py` records arrivals only).
 
 Not covered, because the gateway has no such path yet: a gateway-side cache hit (stage 4 answers every
 request `bypass`, see `gateway/pipeline/chat.py`).
@@ -409,11 +410,16 @@ async def test_concurrency_slot_is_released_on_every_exit_path(
                 )
             )
             assert [r.status_code for r in opened] == [200] * LIMIT
-            for response in opened:  # each is past its first event: all 4 are in flight at once
-                assert (await anext(response.aiter_lines())).startswith("data: ")
+            # Each past its first event, so all 4 are in flight at once. The iterators are kept referenced: an
+            # abandoned, half-read one is finalized at once, which closes its connection and ends the stream.
+            lines = [response.aiter_lines() for response in opened]
+            for line in lines:
+                assert (await anext(line)).startswith("data: ")
             fifth = await http.post("/chat/completions", json=_body("ok", "fifth kind:after"))
             assert fifth.status_code == 429, fifth.text
             assert fifth.json()["error"]["code"] == "concurrency_limit_exceeded"
+        for line in lines:  # the responses are closed: this only finalizes the iterators, now, not at random
+            await line.aclose()  # type: ignore[attr-defined]  # httpx line iterators are async generators
         deadline = time.monotonic() + 5
         while await _slot_members(redis, tenant_id) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -117,110 +117,118 @@ async def test_reservations_of_a_killed_process_expire_within_ttl_and_nothing_is
     # A generous admission timeout: a stalled loop on a loaded 2-core machine must not look like a Redis outage
     # (budgets fail closed, 503, without Redis).
     env = {"SLUICE_RESERVATION_TTL_S": str(TTL_S), "SLUICE_ADMISSION_TIMEOUT_MS": "5000"}
-    redis = aioredis.Redis.from_url(redis_url)
-    with serve_processes(
-        tmp_path, config_toml(extra=EXTRA), count=2, database_url=database_url, redis_url=redis_url, extra_env=env
-    ) as (p1, p2):
-        tenant_id, _, key = await tenant_key(
-            p1.base, budget_usd=str(BUDGET), budget_period="day", max_concurrency=LIMIT
-        )
-        counters = Counters(redis, tenant_id)
-        auth = {"authorization": f"Bearer {key}"}
-        async with httpx.AsyncClient(timeout=30, headers=auth) as client:
-            # 1. Four long streams through P1 hold every slot and about $0.84 of the budget; then P1 dies.
-            async with contextlib.AsyncExitStack() as streams:
-                opened = await asyncio.gather(
-                    *(
-                        streams.enter_async_context(client.stream("POST", f"{p1.base_url}/chat/completions", json=LONG))
-                        for _ in range(LIMIT)
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        with serve_processes(
+            tmp_path, config_toml(extra=EXTRA), count=2, database_url=database_url, redis_url=redis_url, extra_env=env
+        ) as (p1, p2):
+            tenant_id, _, key = await tenant_key(
+                p1.base, budget_usd=str(BUDGET), budget_period="day", max_concurrency=LIMIT
+            )
+            counters = Counters(redis, tenant_id)
+            auth = {"authorization": f"Bearer {key}"}
+            async with httpx.AsyncClient(timeout=30, headers=auth) as client:
+                # 1. Four long streams through P1 hold every slot and about $0.84 of the budget; then P1 dies.
+                async with contextlib.AsyncExitStack() as streams:
+                    opened = await asyncio.gather(
+                        *(
+                            streams.enter_async_context(
+                                client.stream("POST", f"{p1.base_url}/chat/completions", json=LONG)
+                            )
+                            for _ in range(LIMIT)
+                        )
                     )
+                    assert [r.status_code for r in opened] == [200] * LIMIT
+                    # Kept referenced: an abandoned, half-read line iterator is finalized at once, and finalizing it
+                    # closes the connection, which would end the stream (and release its reservation) too early.
+                    lines = [response.aiter_lines() for response in opened]
+                    for line in lines:
+                        assert (await anext(line)).startswith("data: ")
+                    leaked = await counters.inflight()
+                    _, reserved = await counters.budget()
+                    assert sorted(leaked) == sorted(r.headers["x-request-id"] for r in opened)
+                    p1.process.kill()
+                    p1.process.wait()
+                    killed_at = time.monotonic()
+                for line in lines:  # the responses are closed: this only finalizes the iterators, now, not at random
+                    await line.aclose()  # type: ignore[attr-defined]  # httpx line iterators are async generators
+                expires_ms = max(leaked.values())
+                per_stream = reserved / LIMIT
+                assert reserved > BUDGET - per_stream, "the leaked reservations must leave no room for another"
+
+                # 2. P2 is probed until the dead process's slots and dollars are released (bounded: TTL + 3 s).
+                spent = Decimal(0)
+                admitted = 0
+                probes: list[tuple[int, int, str | None]] = []  # (Redis ms before sending, status, error code)
+                recovered_after = None
+                while time.monotonic() - killed_at < TTL_S + 3:
+                    sent_ms = await counters.now_ms()
+                    probe = await client.post(f"{p2.base_url}/chat/completions", json=PROBE)
+                    probes.append((sent_ms, probe.status_code, _code(probe)))
+                    if probe.status_code == 200:
+                        spent += _cost(probe)
+                        admitted += 1
+                    _, reserved = await counters.budget()
+                    if not await counters.inflight() and reserved == 0:
+                        recovered_after = time.monotonic() - killed_at
+                        break
+                    await asyncio.sleep(0.1)
+                assert recovered_after is not None, f"leaked reservations still held {TTL_S + 3} s after the kill"
+                assert recovered_after <= TTL_S + 1, recovered_after
+                assert not set(leaked) & set(await redis.hkeys(counters.reserved_key))
+                for sent_ms, status, code in probes:
+                    if sent_ms >= expires_ms:  # every leaked reservation had expired: nothing may refuse it
+                        assert status == 200, (sent_ms - expires_ms, status, code)
+                    else:  # still legitimately held: only the concurrency limit may refuse
+                        assert status == 200 or (status, code) == (429, "concurrency_limit_exceeded"), (status, code)
+
+                # 3. All four slots are free: four at once are admitted.
+                spent_before_batch = spent
+                batch = await asyncio.gather(
+                    *(client.post(f"{p2.base_url}/chat/completions", json=PRICEY) for _ in range(LIMIT))
                 )
-                assert [r.status_code for r in opened] == [200] * LIMIT
-                for response in opened:
-                    assert (await anext(response.aiter_lines())).startswith("data: ")
-                leaked = await counters.inflight()
-                _, reserved = await counters.budget()
-                assert sorted(leaked) == sorted(r.headers["x-request-id"] for r in opened)
-                p1.process.kill()
-                p1.process.wait()
-                killed_at = time.monotonic()
-            expires_ms = max(leaked.values())
-            per_stream = reserved / LIMIT
-            assert reserved > BUDGET - per_stream, "the leaked reservations must leave no room for another"
+                assert [(r.status_code, _code(r)) for r in batch] == [(200, None)] * LIMIT
+                prompt_tokens = batch[0].json()["usage"]["prompt_tokens"]
+                reservation = _reservation(prompt_tokens, PRICE_IN, PRICE_OUT, MAX_TOKENS)
+                assert reservation == per_stream  # same prompt and limit as the leaked streams
+                assert spent_before_batch + LIMIT * reservation <= BUDGET  # so each of the four did fit
+                spent += sum(_cost(r) for r in batch)
+                admitted += LIMIT
 
-            # 2. P2 is probed until the dead process's slots and dollars are released (bounded: TTL + 3 s).
-            spent = Decimal(0)
-            admitted = 0
-            probes: list[tuple[int, int, str | None]] = []  # (Redis ms before sending, status, error code)
-            recovered_after = None
-            while time.monotonic() - killed_at < TTL_S + 3:
-                sent_ms = await counters.now_ms()
-                probe = await client.post(f"{p2.base_url}/chat/completions", json=PROBE)
-                probes.append((sent_ms, probe.status_code, _code(probe)))
-                if probe.status_code == 200:
-                    spent += _cost(probe)
+                # 4. One at a time until the budget refuses: admitted exactly while spend + reservation fits.
+                outcomes: list[tuple[Decimal, int, str | None]] = []
+                for _ in range(30):
+                    fits = spent + reservation <= BUDGET
+                    response = await client.post(f"{p2.base_url}/chat/completions", json=PRICEY)
+                    outcomes.append((spent, response.status_code, _code(response)))
+                    assert (response.status_code == 200) == fits, outcomes
+                    if not fits:
+                        assert _code(response) == "budget_exceeded", response.text
+                        break
+                    spent += _cost(response)
                     admitted += 1
-                _, reserved = await counters.budget()
-                if not await counters.inflight() and reserved == 0:
-                    recovered_after = time.monotonic() - killed_at
-                    break
-                await asyncio.sleep(0.1)
-            assert recovered_after is not None, f"leaked reservations still held {TTL_S + 3} s after the kill"
-            assert recovered_after <= TTL_S + 1, recovered_after
-            assert not set(leaked) & set(await redis.hkeys(counters.reserved_key))
-            for sent_ms, status, code in probes:
-                if sent_ms >= expires_ms:  # every leaked reservation had expired: nothing may refuse it
-                    assert status == 200, (sent_ms - expires_ms, status, code)
-                else:  # still legitimately held: only the concurrency limit may refuse
-                    assert status == 200 or (status, code) == (429, "concurrency_limit_exceeded"), (status, code)
-
-            # 3. All four slots are free: four at once are admitted.
-            spent_before_batch = spent
-            batch = await asyncio.gather(
-                *(client.post(f"{p2.base_url}/chat/completions", json=PRICEY) for _ in range(LIMIT))
-            )
-            assert [(r.status_code, _code(r)) for r in batch] == [(200, None)] * LIMIT
-            prompt_tokens = batch[0].json()["usage"]["prompt_tokens"]
-            reservation = _reservation(prompt_tokens, PRICE_IN, PRICE_OUT, MAX_TOKENS)
-            assert reservation == per_stream  # same prompt and limit as the leaked streams
-            assert spent_before_batch + LIMIT * reservation <= BUDGET  # so each of the four did fit
-            spent += sum(_cost(r) for r in batch)
-            admitted += LIMIT
-
-            # 4. One at a time until the budget refuses: admitted exactly while spend + reservation fits.
-            outcomes: list[tuple[Decimal, int, str | None]] = []
-            for _ in range(30):
-                fits = spent + reservation <= BUDGET
-                response = await client.post(f"{p2.base_url}/chat/completions", json=PRICEY)
-                outcomes.append((spent, response.status_code, _code(response)))
-                assert (response.status_code == 200) == fits, outcomes
-                if not fits:
-                    assert _code(response) == "budget_exceeded", response.text
-                    break
-                spent += _cost(response)
+                assert outcomes[-1][1] == 429, f"the budget never ran out: {outcomes}"
+                # A request whose smaller reservation still fits is admitted.
+                small = await client.post(f"{p2.base_url}/chat/completions", json=PROBE)
+                small_reservation = _reservation(
+                    small.json()["usage"]["prompt_tokens"], SMALL_PRICE_IN, SMALL_PRICE_OUT, 16
+                )
+                assert spent + small_reservation <= BUDGET
+                assert small.status_code == 200, small.text
+                spent += _cost(small)
                 admitted += 1
-            assert outcomes[-1][1] == 429, f"the budget never ran out: {outcomes}"
-            # A request whose smaller reservation still fits is admitted.
-            small = await client.post(f"{p2.base_url}/chat/completions", json=PROBE)
-            small_reservation = _reservation(
-                small.json()["usage"]["prompt_tokens"], SMALL_PRICE_IN, SMALL_PRICE_OUT, 16
-            )
-            assert spent + small_reservation <= BUDGET
-            assert small.status_code == 200, small.text
-            spent += _cost(small)
-            admitted += 1
 
-            # 5. Spend in Redis equals the sum of the usage records, to the last digit.
-            usage: dict[str, Any] = {}
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                usage = (await client.get(f"{p2.base}/admin/tenants/{tenant_id}/usage", headers=ADMIN)).json()
-                if usage["requests"] == admitted:
-                    break
-                await asyncio.sleep(0.1)
-    await redis.aclose()
+                # 5. Spend in Redis equals the sum of the usage records, to the last digit.
+                usage: dict[str, Any] = {}
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    usage = (await client.get(f"{p2.base}/admin/tenants/{tenant_id}/usage", headers=ADMIN)).json()
+                    if usage["requests"] == admitted:
+                        break
+                    await asyncio.sleep(0.1)
+                redis_spent, redis_reserved = await counters.budget()
     assert usage["requests"] == admitted, usage
     assert Decimal(usage["cost_usd"]) == spent
+    assert (redis_spent, redis_reserved) == (spent, Decimal(0))
     budget = next(q for q in usage["quotas"] if q["kind"] == "budget" and q["scope"] == "tenant")
     assert Decimal(budget["used"]) == spent, budget  # settled spend plus open reservations (none), from Redis
     print(  # the run's shape, for the -s reader
