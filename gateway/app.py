@@ -21,6 +21,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from prometheus_client import CollectorRegistry
 
 from gateway import drain
+from gateway.accounting.budget_holds import PostgresBudgetHolds
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.pricing import FREE
 from gateway.accounting.spend import LedgerSpend
@@ -109,7 +110,7 @@ def create_app(
             on_error=metrics_.ledger_errors.inc,
         )
         await ledger.ensure_partitions()
-        limiter, queues = _quota_backends(redis, LedgerSpend(pool), settings, config, metrics_, processes)
+        limiter, queues = _quota_backends(redis, pool, settings, config, metrics_, processes)
         supervisor = Supervisor()
         tracer = None
         if span_exporter is not None or settings.tracing != "off":
@@ -175,7 +176,7 @@ def create_app(
 
 def _quota_backends(
     redis: aioredis.Redis,
-    spend: LedgerSpend,
+    pool: asyncpg.Pool,
     settings: Settings,
     config: FileConfig,
     metrics_: Metrics,
@@ -186,13 +187,14 @@ def _quota_backends(
     health = RedisHealth(redis, timeout_s=timeout_s, on_change=metrics_.set_quota_fallback)
     limiter = Limiter(
         redis,
-        spend,
+        LedgerSpend(pool),
         timeout_s=timeout_s,
         reservation_ttl_s=settings.reservation_ttl_s,
         processes=lambda: processes,
         on_fail_open=lambda kind: metrics_.quota_fail_open.labels(kind).inc(),
         on_settle_error=metrics_.quota_settle_errors.inc,
         health=health,
+        budget_holds=PostgresBudgetHolds(pool),
     )
     bounds = metrics_.bounds
     queues = {

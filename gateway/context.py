@@ -18,6 +18,7 @@ class RequestContext:
         "cache",
         "cost",
         "deployment",
+        "end_user",
         "error_code",
         "first_token_s",
         "logged_text",
@@ -45,6 +46,8 @@ class RequestContext:
         """(stage, wall-clock start ns, duration ns) of each timed block, for tracing."""
         self.tenant: TenantContext | None = None
         self.model: str | None = None
+        self.end_user: str | None = None
+        """The request's `user`, hashed (`quota.keys.end_user_id`), for the ledger."""
         self.served_model: str | None = None
         self.deployment: str | None = None
         self.provider: str | None = None

@@ -18,4 +18,4 @@ class QuotaExceededError(Exception):
 
 
 class QuotaBackendError(Exception):
-    """Redis could not answer an admission call."""
+    """Neither Redis nor (for budgets) its Postgres fallback could answer an admission call."""

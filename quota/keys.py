@@ -10,11 +10,13 @@ from quota.types import Level
 PREFIX = "sluice"
 
 
+def end_user_id(user: str) -> str:
+    """End-user ids come from clients: hashed, so keys and ledger rows stay short and carry no raw client text."""
+    return hashlib.sha256(user.encode()).hexdigest()[:24]
+
+
 def _scope_id(level: Level) -> str:
-    if level.scope == "user":
-        # End-user ids come from clients: hash them so keys stay short and carry no raw client text.
-        return hashlib.sha256(level.scope_id.encode()).hexdigest()[:24]
-    return level.scope_id
+    return end_user_id(level.scope_id) if level.scope == "user" else level.scope_id
 
 
 def level_keys(level: Level, period: str) -> list[str]:

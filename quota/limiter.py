@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from decimal import ROUND_CEILING, Decimal
 from typing import Protocol
 
+import msgspec
 import redis.asyncio as aioredis
 from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
@@ -38,6 +39,8 @@ from quota.scripts import Scripts, register
 from quota.types import Admission, BudgetState, Demand, Level, LevelUsage, QuotaKind, Window
 
 _NANO = Decimal("0.000000001")
+# Unseeds budget counters so the next admission rebuilds them (reserve.lua asks for the seed).
+_FORGET = "for _, k in ipairs(KEYS) do redis.call('HDEL', k, 'seeded') end return 0"
 _MARKER_TTL_MS = 86_400_000
 
 
@@ -50,6 +53,26 @@ class SpendSource(Protocol):
     """Where settled spend lives durably (the Postgres ledger); read only to rebuild lost counters."""
 
     async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> Decimal: ...
+
+
+class BudgetSpan(msgspec.Struct, frozen=True, kw_only=True):
+    """One budget level in its current period: what a budget hold is checked against."""
+
+    level: Level
+    period: str
+    start: dt.datetime
+    end: dt.datetime
+
+
+class BudgetHolds(Protocol):
+    """Budgets enforced without Redis (RELIABILITY §6.2: fail closed onto an atomic reservation in Postgres)."""
+
+    async def hold(self, spans: Sequence[BudgetSpan], request_id: str, usd: Decimal, ttl_s: float) -> int | None:
+        """Hold `usd` at every span or nowhere: None when held, else the index of a span it does not fit.
+        Raises `QuotaBackendError` when the store is unreachable."""
+        ...
+
+    async def settle(self, request_id: str, usd: Decimal) -> None: ...
 
 
 class Reservation:
@@ -84,9 +107,11 @@ class Limiter:
         on_fail_open: Callable[[QuotaKind], None] = lambda kind: None,
         on_settle_error: Callable[[], None] = lambda: None,
         health: RedisHealth | None = None,
+        budget_holds: BudgetHolds | None = None,
     ) -> None:
         self._client = client
         self.health = health or RedisHealth(client, timeout_s=timeout_s)
+        self._holds = budget_holds
         self._scripts: Scripts = register(client)
         self._spend = spend
         self._timeout_s = timeout_s
@@ -98,6 +123,8 @@ class Limiter:
         self._local_tokens = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._local_inflight: Counter[tuple[str, str, str]] = Counter()
         self._retrying: set[asyncio.Task[None]] = set()
+        self._held_in_postgres: set[str] = set()
+        """Budget counters (Redis keys) this process charged in Postgres while Redis was away."""
 
     # --- admission -------------------------------------------------------------------------
 
@@ -109,12 +136,14 @@ class Limiter:
         if not levels:
             return Reservation(self, levels, demand, periods, Admission())
         if not self.health.up:
-            return Reservation(self, levels, demand, periods, self._reserve_locally(levels, demand))
+            return Reservation(self, levels, demand, periods, await self._reserve_locally(levels, demand, now))
         try:
+            if self._held_in_postgres:
+                await self._forget_counters_behind_postgres()
             admission = await self._reserve_in_redis(levels, demand, periods, now)
         except (RedisError, OSError, TimeoutError):
             self.health.failed()
-            admission = self._reserve_locally(levels, demand)
+            admission = await self._reserve_locally(levels, demand, now)
         else:
             self.health.succeeded()
         return Reservation(self, levels, demand, periods, admission)
@@ -163,19 +192,47 @@ class Limiter:
         async with asyncio.timeout(self._timeout_s):
             await self._scripts.seed(keys=[budget_key], args=[to_nano(spent), ttl_ms])
 
-    def _reserve_locally(self, levels: list[Level], demand: Demand) -> Admission:
+    async def _reserve_locally(self, levels: list[Level], demand: Demand, now: dt.datetime) -> Admission:
         share = max(1, self._processes())
         enforced = [level for level in levels if not level.limits.shadow]
         for level in enforced:
             self._check_locally(level, demand, share)
+        budgeted = [level for level in enforced if level.limits.budget_usd is not None]
+        if budgeted:
+            await self._hold_budgets(budgeted, demand, now)
         for level in enforced:  # every check passed: take it everywhere
             self._take_locally(level, demand, share)
-        return Admission(fail_open=True)
+        return Admission(fail_open=True, budget_held=bool(budgeted))
+
+    async def _forget_counters_behind_postgres(self) -> None:
+        """Back from an outage: the budget counters this process spent around in Postgres are rebuilt (from the
+        ledger and the open holds) before their next admission. Redis may have kept them (a partition, not
+        a restart), and they would miss the outage's spend. One extra round trip, once per outage."""
+        counters = list(self._held_in_postgres)
+        async with asyncio.timeout(self._timeout_s):
+            await self._client.eval(_FORGET, len(counters), *counters)
+        self._held_in_postgres.difference_update(counters)
+
+    async def _hold_budgets(self, levels: list[Level], demand: Demand, now: dt.datetime) -> None:
+        """Rate limits fail open, budgets fail closed: onto Postgres, or refused when it is away too."""
+        if self._holds is None:
+            raise QuotaBackendError("budget enforcement needs Redis, which is unreachable")
+        self._on_fail_open("budget")
+        spans = []
+        for level in levels:
+            start, end = period_bounds(level.limits.budget_period, now)
+            spans.append(
+                BudgetSpan(level=level, period=period_id(level.limits.budget_period, now), start=start, end=end)
+            )
+        refused = await self._holds.hold(spans, demand.request_id, demand.cost_usd, self._ttl_ms / 1000)
+        if refused is not None:
+            level = levels[refused]
+            until_end_ms = int((spans[refused].end - now).total_seconds() * 1000)
+            raise _exceeded(level, "budget", until_end_ms)
+        self._held_in_postgres.update(keys.level_keys(span.level, span.period)[3] for span in spans)
 
     def _check_locally(self, level: Level, demand: Demand, share: int) -> None:
         limits, ident = level.limits, (level.tenant_id, level.scope, level.scope_id)
-        if limits.budget_usd is not None:
-            raise QuotaBackendError("budget enforcement needs Redis, which is unreachable")
         if limits.max_concurrency is not None:
             self._on_fail_open("concurrency")
             if self._local_inflight[ident] + 1 > math.ceil(limits.max_concurrency / share):
@@ -230,6 +287,8 @@ class Limiter:
                 ident = (level.tenant_id, level.scope, level.scope_id)
                 if level.limits.max_concurrency is not None and self._local_inflight[ident] > 0:
                     self._local_inflight[ident] -= 1
+            if reservation.admission.budget_held and self._holds is not None:
+                await self._holds.settle(reservation.demand.request_id, cost_usd)
             return
         redis_keys = [
             key for level, period in zip(levels, periods, strict=True) for key in keys.level_keys(level, period)

@@ -75,6 +75,8 @@ class Admission(msgspec.Struct, frozen=True, kw_only=True):
     """Limits in shadow mode this request would have exceeded."""
     fail_open: bool = False
     """Decided by the local fallback because Redis was unreachable."""
+    budget_held: bool = False
+    """With `fail_open`: its budgets were reserved in Postgres instead (settled there too)."""
     budget: BudgetState | None = None
     """The tenant-level budget, when one is enforced."""
 

@@ -29,16 +29,16 @@ _INSERT = """
 INSERT INTO usage_records (
     request_id, created_at, tenant_id, key_id, model, served_model, deployment, provider, route, stream,
     prompt_tokens, completion_tokens, cached_tokens, cost_usd, outcome, truncated, usage_source, duration_ms,
-    admitted_at
+    admitted_at, end_user
 )
 SELECT * FROM unnest(
     $1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
     $9::text[], $10::bool[], $11::int[], $12::int[], $13::int[], $14::numeric[], $15::text[], $16::bool[],
-    $17::text[], $18::int[], $19::timestamptz[]
+    $17::text[], $18::int[], $19::timestamptz[], $20::text[]
 )
 ON CONFLICT (request_id, created_at) DO NOTHING
 """
-_COLUMNS = 19
+_COLUMNS = 20
 
 
 class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -64,6 +64,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     duration_ms: int
     admitted_at: dt.datetime | None = None
     """When admission took the request, on the Redis clock (None if no Redis limit applied)."""
+    end_user: str | None = None
+    """The request's `user`, hashed as in the quota keys (`quota.keys.end_user_id`); never the raw value."""
 
 
 def _columns(records: list[UsageRecord]) -> list[list[object]]:
@@ -73,7 +75,7 @@ def _columns(records: list[UsageRecord]) -> list[list[object]]:
             uuid.UUID(r.request_id), r.created_at, uuid.UUID(r.tenant_id),
             uuid.UUID(r.key_id) if r.key_id else None, r.model, r.served_model, r.deployment, r.provider,
             r.route, r.stream, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cost_usd, r.outcome,
-            r.truncated, r.usage_source, r.duration_ms, r.admitted_at,
+            r.truncated, r.usage_source, r.duration_ms, r.admitted_at, r.end_user,
         )  # fmt: skip
         for column, value in zip(columns, row, strict=True):
             column.append(value)

@@ -53,6 +53,7 @@ def charge(
             usage_source=source,
             duration_ms=round(ctx.elapsed() * 1000),
             admitted_at=dt.datetime.fromtimestamp(admitted_at_ms / 1000, dt.UTC) if admitted_at_ms else None,
+            end_user=ctx.end_user,
         )
     )
 

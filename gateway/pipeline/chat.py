@@ -40,6 +40,7 @@ from gateway.pipeline.stream import StreamMeter, open_stream, relay, timed
 from gateway.providers.base import UpstreamCall
 from gateway.runtime import ResolvedRoute, Runtime
 from quota.headers import rate_limit_headers
+from quota.keys import end_user_id
 from quota.limiter import Reservation
 from tenants.errors import InvalidKeyError
 from tenants.models import TenantContext
@@ -84,6 +85,7 @@ async def run_chat(
     with ctx.timed("decode"):
         request, payload = decode_chat(await read_body(), rt.limits)  # the body is read only once authenticated
     ctx.model, ctx.stream = request.model, request.is_stream
+    ctx.end_user = end_user_id(request.user) if request.user else None
     if tenant.quota.log_content:
         ctx.logged_text = {"prompt": prompt_text(request)}
     with ctx.timed("route"):

@@ -1,4 +1,5 @@
-"""RELIABILITY T09 (quota issue acceptance 5): Redis `kill -9`ed under load and restarted empty.
+"""RELIABILITY T09 (quota issue acceptance 5): Redis `kill -9`ed under load and restarted empty; budgets are
+held in Postgres meanwhile.
 
 Two `sluice serve` processes over a private Valkey; two tenants: one with a request limit, one with a
 budget. Shortened from the catalogue's 40 s (kill at 10 s, back at 20 s) to 5 s / 10 s / 16 s to keep the
@@ -134,16 +135,13 @@ async def test_redis_killed_under_load_then_back_empty(tmp_path: Path, fake: Fak
         finally:
             restarted.stop()
 
+    # The policy (RELIABILITY §6.2): rate limits fail open onto local limiters, budgets fail closed onto a
+    # reservation in Postgres. Nothing fails: both tenants are served throughout.
     statuses = [(tenant, response.status_code) for tenant, _, response in seen.responses]
-    # The documented policy (RELIABILITY §6.2, docs/architecture.md): rate limits fail open, budgets refuse
-    # with 503 + Retry-After while Redis is away. Nothing else may fail.
-    assert not [s for s in statuses if s[1] >= 500 and s != ("budget", 503)], statuses
-    assert all(code == 200 for tenant, code in statuses if tenant == "rpm")
-    refused = [r for tenant, _, r in seen.responses if tenant == "budget" and r.status_code == 503]
-    assert refused and all(r.headers.get("retry-after") for r in refused)
-    assert all(_KILL_AT_S - 0.5 <= sent_at <= back_at + 2.5 for tenant, sent_at, r in seen.responses if r in refused)
+    assert {code for _, code in statuses} == {200}, [s for s in statuses if s[1] != 200]
     for scrape in scrapes:
-        assert re.search(r'^sluice_quota_fail_open_total{kind="rpm"} [1-9]', scrape, re.MULTILINE)
+        for kind in ("rpm", "budget"):
+            assert re.search(rf'^sluice_quota_fail_open_total{{kind="{kind}"}} [1-9]', scrape, re.MULTILINE)
     assert seen.ready_503_at is not None and seen.ready_503_at - _KILL_AT_S <= 1.0
     # Redis admissions carry x-ratelimit headers; local ones cannot: the first after the restart comes within 2 s.
     back_on_redis = [
@@ -155,4 +153,9 @@ async def test_redis_killed_under_load_then_back_empty(tmp_path: Path, fake: Fak
     # The budget counter Redis lost was rebuilt from the ledger: it equals the recorded spend exactly.
     assert after.status_code == 200
     budget = next(q for q in usage["quotas"] if q["scope"] == "tenant" and q["kind"] == "budget")
-    assert spent > 0 and Decimal(budget["used"]) == spent
+    # Rebuilt from the ledger plus the Postgres holds of requests still in flight at the rebuild, which count
+    # their whole reservation until they settle (docs/architecture.md): never low, high by at most the
+    # unused part of a few reservations (each at most 4,096 default completion tokens at $2/M, ~$0.0083).
+    used = Decimal(budget["used"])
+    assert Decimal(0) < spent <= Decimal("0.50")
+    assert spent <= used <= spent + 5 * Decimal("0.0083"), (used, spent)
