@@ -24,7 +24,8 @@ for i = 1, levels do
   -- once the sweep has released a reservation older than its TTL, one seeded before the admission. A
   -- request admitted by a counter Redis has since lost is in the ledger the new counter was rebuilt from
   -- (or will be: an unseeded counter is rebuilt before its next admission), so charging it again here
-  -- would count it twice.
+  -- would count it twice. (Admitted in the very millisecond of the rebuild, it is charged: counted twice
+  -- at worst, the safe side for a budget.)
   if tonumber(ARGV[6 + i]) == 1 and redis.call('HGET', key(i, 4), 'seeded') == '1' then
     local seeded_at = tonumber(redis.call('HGET', key(i, 4), 'seeded_at') or '0')
     if found or admitted_at >= seeded_at then
