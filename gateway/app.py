@@ -85,8 +85,15 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         warm_up()
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10, command_timeout=10)
+        # Never shorter than the admission timeout: a connection opened in a burst on a busy host must not
+        # fail an admission the timeout would still allow (and trip the fallback without an outage).
+        redis_timeout_s = max(2.0, settings.admission_timeout_ms / 1000)
         redis = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=10, max_connections=512
+            redis_url,
+            socket_connect_timeout=redis_timeout_s,
+            socket_timeout=redis_timeout_s,
+            health_check_interval=10,
+            max_connections=512,
         )
         providers = build_providers(config, environ)
         routes = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -34,11 +35,17 @@ class RedisHealth:
         self._threshold = threshold
         self._failures = 0
         self._up = True
+        self._down_since = 0.0
         self._probe: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
         return self._up
+
+    @property
+    def down_for_s(self) -> float:
+        """How long Redis has been considered down (0 while it is up)."""
+        return 0.0 if self._up else time.monotonic() - self._down_since
 
     def succeeded(self) -> None:
         self._failures = 0
@@ -49,7 +56,7 @@ class RedisHealth:
         self._failures += 1
         if not self._up or self._failures < self._threshold:
             return
-        self._up = False
+        self._up, self._down_since = False, time.monotonic()
         self._on_change(False)
         self._probe = asyncio.get_running_loop().create_task(self._wait_until_up(), name="redis-health-probe")
 
@@ -59,6 +66,9 @@ class RedisHealth:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(self._timeout_s):
                     await self._client.ping()
+                # Idle pooled connections may still point at the server that went away (a restart leaves
+                # them dead): drop them, or each would fail one admission on its next use.
+                await self._client.connection_pool.disconnect(inuse_connections=False)
                 self._up, self._failures = True, 0
                 self._on_change(True)
                 return

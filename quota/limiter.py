@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from decimal import ROUND_CEILING, Decimal
@@ -39,8 +40,17 @@ from quota.scripts import Scripts, register
 from quota.types import Admission, BudgetState, Demand, Level, LevelUsage, QuotaKind, Window
 
 _NANO = Decimal("0.000000001")
-# Unseeds budget counters so the next admission rebuilds them (reserve.lua asks for the seed).
-_FORGET = "for _, k in ipairs(KEYS) do redis.call('HDEL', k, 'seeded') end return 0"
+# Adds what a process spent in Postgres during an outage to the budget counters that outlived it (seeded
+# before it began); a counter rebuilt since already read that spend from Postgres.
+_HAND_BACK = """
+for i, k in ipairs(KEYS) do
+  local seeded_at = tonumber(redis.call('HGET', k, 'seeded_at') or '0')
+  if redis.call('HGET', k, 'seeded') == '1' and seeded_at < tonumber(ARGV[1]) then
+    redis.call('HINCRBY', k, 'spent', ARGV[i + 1])
+  end
+end
+return 0
+"""
 _MARKER_TTL_MS = 86_400_000
 
 
@@ -108,10 +118,12 @@ class Limiter:
         on_settle_error: Callable[[], None] = lambda: None,
         health: RedisHealth | None = None,
         budget_holds: BudgetHolds | None = None,
+        holds_after_s: float = 2.0,
     ) -> None:
         self._client = client
         self.health = health or RedisHealth(client, timeout_s=timeout_s)
         self._holds = budget_holds
+        self._holds_after_s = holds_after_s
         self._scripts: Scripts = register(client)
         self._spend = spend
         self._timeout_s = timeout_s
@@ -123,8 +135,9 @@ class Limiter:
         self._local_tokens = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._local_inflight: Counter[tuple[str, str, str]] = Counter()
         self._retrying: set[asyncio.Task[None]] = set()
-        self._held_in_postgres: set[str] = set()
-        """Budget counters (Redis keys) this process charged in Postgres while Redis was away."""
+        self._held_in_postgres: dict[str, dict[str, int]] = {}
+        """Budget counter (Redis key) → request id → nano-USD this process held in Postgres during an outage."""
+        self._outage_began_ms = 0
 
     # --- admission -------------------------------------------------------------------------
 
@@ -139,7 +152,7 @@ class Limiter:
             return Reservation(self, levels, demand, periods, await self._reserve_locally(levels, demand, now))
         try:
             if self._held_in_postgres:
-                await self._forget_counters_behind_postgres()
+                await self._hand_back_outage_spend()
             admission = await self._reserve_in_redis(levels, demand, periods, now)
         except (RedisError, OSError, TimeoutError):
             self.health.failed()
@@ -204,19 +217,24 @@ class Limiter:
             self._take_locally(level, demand, share)
         return Admission(fail_open=True, budget_held=bool(budgeted))
 
-    async def _forget_counters_behind_postgres(self) -> None:
-        """Back from an outage: the budget counters this process spent around in Postgres are rebuilt (from the
-        ledger and the open holds) before their next admission. Redis may have kept them (a partition, not
-        a restart), and they would miss the outage's spend. One extra round trip, once per outage."""
+    async def _hand_back_outage_spend(self) -> None:
+        """Back from an outage: Redis may have kept its counters (a partition, not a restart), and they would
+        miss what this process spent through Postgres meanwhile. One extra round trip, once per outage; a
+        hold not settled yet counts its whole reservation (high by its unused part, never low)."""
         counters = list(self._held_in_postgres)
+        amounts = [sum(self._held_in_postgres[k].values()) for k in counters]
         async with asyncio.timeout(self._timeout_s):
-            await self._client.eval(_FORGET, len(counters), *counters)
-        self._held_in_postgres.difference_update(counters)
+            await self._client.eval(_HAND_BACK, len(counters), *counters, self._outage_began_ms, *amounts)
+        self._held_in_postgres.clear()
 
     async def _hold_budgets(self, levels: list[Level], demand: Demand, now: dt.datetime) -> None:
         """Rate limits fail open, budgets fail closed: onto Postgres, or refused when it is away too."""
         if self._holds is None:
             raise QuotaBackendError("budget enforcement needs Redis, which is unreachable")
+        if self.health.down_for_s < self._holds_after_s:
+            # Spend admitted through Redis moments ago is still in flight or in the ledger writers' buffers,
+            # invisible to Postgres: a blip is refused (retry in a second), only an outage goes to Postgres.
+            raise QuotaBackendError("the budget store is unreachable; retry shortly")
         self._on_fail_open("budget")
         spans = []
         for level in levels:
@@ -229,7 +247,13 @@ class Limiter:
             level = levels[refused]
             until_end_ms = int((spans[refused].end - now).total_seconds() * 1000)
             raise _exceeded(level, "budget", until_end_ms)
-        self._held_in_postgres.update(keys.level_keys(span.level, span.period)[3] for span in spans)
+        if not self._held_in_postgres:
+            # On the wall clock, against counters' `seeded_at` on the Redis clock: the same host's clock in a
+            # single-host deployment; elsewhere NTP keeps them within milliseconds of a seconds-long outage.
+            self._outage_began_ms = int((time.time() - self.health.down_for_s) * 1000)
+        for span in spans:
+            counter = keys.level_keys(span.level, span.period)[3]
+            self._held_in_postgres.setdefault(counter, {})[demand.request_id] = to_nano(demand.cost_usd)
 
     def _check_locally(self, level: Level, demand: Demand, share: int) -> None:
         limits, ident = level.limits, (level.tenant_id, level.scope, level.scope_id)
@@ -289,6 +313,9 @@ class Limiter:
                     self._local_inflight[ident] -= 1
             if reservation.admission.budget_held and self._holds is not None:
                 await self._holds.settle(reservation.demand.request_id, cost_usd)
+                for held in self._held_in_postgres.values():
+                    if reservation.demand.request_id in held:
+                        held[reservation.demand.request_id] = to_nano(cost_usd)
             return
         redis_keys = [
             key for level, period in zip(levels, periods, strict=True) for key in keys.level_keys(level, period)

@@ -42,8 +42,16 @@ async def fx_pools(database_url: str) -> AsyncIterator[list[asyncpg.Pool]]:
         await pool.close()
 
 
-def _limiter(redis: aioredis.Redis, pool: asyncpg.Pool) -> Limiter:
-    return Limiter(redis, LedgerSpend(pool), timeout_s=0.2, budget_holds=PostgresBudgetHolds(pool), processes=lambda: 2)
+def _limiter(redis: aioredis.Redis, pool: asyncpg.Pool, holds_after_s: float = 0.0) -> Limiter:
+    """Holds from the first failed call (the gateway waits `holds_after_s` = 2 s into an outage: tested below)."""
+    return Limiter(
+        redis,
+        LedgerSpend(pool),
+        timeout_s=0.2,
+        budget_holds=PostgresBudgetHolds(pool),
+        holds_after_s=holds_after_s,
+        processes=lambda: 2,
+    )
 
 
 def _level(scope: str = "tenant", tenant_id: str | None = None, scope_id: str | None = None, **limits: Any) -> Level:
@@ -130,6 +138,23 @@ async def test_end_user_budget_is_read_from_that_users_records_only(
     bob = _level("user", tenant_id, "bob", budget_usd=Decimal("1.00"))
     assert isinstance(await _try(limiter, [bob], "0.5"), Reservation)
     assert isinstance(await _try(limiter, [bob], "0.01"), QuotaExceededError)
+
+
+async def test_a_blip_is_refused_and_only_an_outage_goes_to_postgres(
+    unreachable: aioredis.Redis, pools: list[asyncpg.Pool]
+) -> None:
+    """Spend admitted through Redis just before it stalled is invisible to Postgres for a moment (in flight, or
+    in a ledger writer's buffer): budgeted requests are refused (503, retry) until the outage is 0.3 s old."""
+    limiter = _limiter(unreachable, pools[0], holds_after_s=0.3)
+    level = _level(budget_usd=Decimal("1.00"))
+    with pytest.raises(QuotaBackendError):
+        await limiter.reserve([level], _demand("0.1"))
+    while limiter.health.down_for_s < 0.3:
+        with pytest.raises(QuotaBackendError):
+            await limiter.reserve([level], _demand("0.1"))
+        await asyncio.sleep(0.05)
+    assert (await limiter.reserve([level], _demand("0.1"))).admission.budget_held
+    await limiter.aclose()
 
 
 async def test_postgres_down_as_well_refuses_budgeted_requests_with_a_backend_error(
