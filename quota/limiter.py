@@ -104,6 +104,17 @@ class Reservation:
         self._settled = True
         await self._limiter.settle(self, tokens, cost_usd, self._periods)
 
+    @property
+    def keep_alive_interval_s(self) -> float:
+        """How often a long-running request should call `keep_alive`: well inside the reservation TTL."""
+        return self._limiter.reservation_ttl_s / 3
+
+    async def keep_alive(self) -> None:
+        """Push the reservation's expiry a TTL ahead, so a stream outliving the TTL is not swept as leaked
+        (and its slot and reserved USD handed to someone else while it still runs). Best effort."""
+        if not self._settled and not self.admission.fail_open:
+            await self._limiter.keep_alive(self, self._periods)
+
 
 class Limiter:
     def __init__(
@@ -360,6 +371,25 @@ class Limiter:
             delay = min(delay * 2, 5.0)
             if self.health.up and await self._settle_once(redis_keys, args):
                 return
+
+    @property
+    def reservation_ttl_s(self) -> float:
+        return self._ttl_ms / 1000
+
+    async def keep_alive(self, reservation: Reservation, periods: list[str]) -> None:
+        redis_keys = []
+        for level, period in zip(reservation.levels, periods, strict=True):
+            limits = level.limits
+            if limits.budget_usd is not None or limits.max_concurrency is not None:
+                level_keys = keys.level_keys(level, period)
+                redis_keys += [level_keys[4], level_keys[5]]
+        if not redis_keys or not self.health.up:
+            return
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._scripts.keep_alive(keys=redis_keys, args=[reservation.demand.request_id, self._ttl_ms])
+        except (RedisError, OSError, TimeoutError):
+            self.health.failed()
 
     async def aclose(self, grace_s: float = 1.0) -> None:
         """Give pending settlement retries `grace_s` to land, then stop them and the health probe."""

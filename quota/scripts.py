@@ -46,6 +46,7 @@ class Scripts(msgspec.Struct, frozen=True):
     reserve: Script
     settle: Script
     seed: Script
+    keep_alive: Script
 
 
 def register(client: aioredis.Redis) -> Scripts:
@@ -53,4 +54,5 @@ def register(client: aioredis.Redis) -> Scripts:
         reserve=Script(client, _source("reserve.lua")),
         settle=Script(client, _source("settle.lua")),
         seed=Script(client, _source("seed.lua")),
+        keep_alive=Script(client, _source("keep_alive.lua")),
     )

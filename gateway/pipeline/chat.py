@@ -225,8 +225,13 @@ async def _streamed(
         rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))
 
     loop = asyncio.get_running_loop()
+    keep_alive_at = loop.time() + reservation.keep_alive_interval_s
 
     def cut_short() -> GatewayError | None:
+        nonlocal keep_alive_at
+        if loop.time() >= keep_alive_at:  # a stream may outlive its reservation's TTL
+            keep_alive_at = loop.time() + reservation.keep_alive_interval_s
+            rt.supervisor.spawn("keep-alive", reservation.keep_alive())
         if rt.drain_expired(loop.time()):
             return ServiceUnavailableError(_DRAIN_CUT, outcome="shutdown")
         if meter.exhausted:
