@@ -25,6 +25,7 @@ from gateway.accounting.budget_holds import PostgresBudgetHolds
 from gateway.accounting.ledger import Ledger
 from gateway.accounting.pricing import FREE
 from gateway.accounting.spend import LedgerSpend
+from gateway.accounting.spool import Spool
 from gateway.accounting.tokens import warm_up
 from gateway.api.admin import admin_router
 from gateway.api.hot_path import HotPath
@@ -110,13 +111,7 @@ def create_app(
         }
         store = TenantStore(pool)
         authenticator = Authenticator(store, hasher, redis, ttl=settings.auth_cache_ttl_s)
-        ledger = Ledger(
-            pool,
-            flush_interval=settings.ledger_flush_interval_s,
-            on_flush=metrics_.ledger_written.inc,
-            on_error=metrics_.ledger_errors.inc,
-        )
-        await ledger.ensure_partitions()
+        ledger = await _start_ledger(pool, settings, metrics_)
         limiter, queues = _quota_backends(redis, pool, settings, config, metrics_, processes)
         supervisor = Supervisor()
         tracer = None
@@ -220,3 +215,17 @@ def _quota_backends(
         if deployment.capacity is not None
     }
     return limiter, queues
+
+
+async def _start_ledger(pool: asyncpg.Pool, settings: Settings, metrics_: Metrics) -> Ledger:
+    """The usage ledger, with partitions made ahead and what killed processes left in the spool written."""
+    ledger = Ledger(
+        pool,
+        flush_interval=settings.ledger_flush_interval_s,
+        on_flush=metrics_.ledger_written.inc,
+        on_error=metrics_.ledger_errors.inc,
+        spool=Spool(settings.ledger_spool_dir) if settings.ledger_spool_dir else None,
+    )
+    await ledger.ensure_partitions()
+    await ledger.replay_spool()
+    return ledger

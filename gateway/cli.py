@@ -113,6 +113,7 @@ def serve(
             "SLUICE_ADMIN_TOKEN": admin_token,
             "SLUICE_KEY_PEPPER": pepper,
             "SLUICE_PROCESSES": str(workers),
+            "SLUICE_LEDGER_SPOOL_DIR": settings.ledger_spool_dir or str(data_dir / "spool"),
         }
         if config_file is not None:
             env["SLUICE_CONFIG"] = str(Path(config_file).resolve())

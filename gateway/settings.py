@@ -157,6 +157,9 @@ class Settings(Base, frozen=True):
     """`SLUICE_LOG_SAMPLE_RATE`: share of successful requests that get a log line (errors always do)."""
     auth_cache_ttl_s: PositiveFloat = 30.0
     """`SLUICE_AUTH_CACHE_TTL_S`: how long a cached key is trusted without re-reading Postgres."""
+    ledger_spool_dir: str | None = None
+    """`SLUICE_LEDGER_SPOOL_DIR`: usage records are appended here until Postgres has them, and replayed at
+    start if a process died first; `sluice serve` sets `<data dir>/spool`. Unset: memory only."""
     ledger_flush_interval_s: PositiveFloat = 0.2
     """`SLUICE_LEDGER_FLUSH_INTERVAL_S`: how often usage records are written in one batch."""
     drain_timeout_s: PositiveFloat = 30.0

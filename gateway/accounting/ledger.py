@@ -19,9 +19,13 @@ import logging
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
+
+if TYPE_CHECKING:
+    from gateway.accounting.spool import Spool
 
 _log = logging.getLogger(__name__)
 
@@ -91,8 +95,10 @@ class Ledger:
         batch_size: int = 2000,
         on_flush: Callable[[int], None] = lambda n: None,
         on_error: Callable[[], None] = lambda: None,
+        spool: Spool | None = None,
     ) -> None:
         self._pool = pool
+        self._spool = spool
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._pending: list[UsageRecord] = []
@@ -105,7 +111,22 @@ class Ledger:
         return len(self._pending)
 
     def record(self, record: UsageRecord) -> None:
+        if self._spool is not None:
+            self._spool.append(record)  # on disk before the response ends: survives a killed process
         self._pending.append(record)
+
+    async def replay_spool(self) -> int:
+        """Write the records that processes killed before their flush left in the spool; returns how many."""
+        if self._spool is None:
+            return 0
+        replayed = 0
+        for path, records in self._spool.orphans():
+            for start in range(0, len(records), self._batch_size):
+                await self._pool.execute(_INSERT, *_columns(records[start : start + self._batch_size]))
+            path.unlink(missing_ok=True)
+            replayed += len(records)
+            _log.warning("replayed %d usage records left in %s by a process that stopped early", len(records), path)
+        return replayed
 
     async def ensure_partitions(self) -> None:
         await self._pool.execute("SELECT sluice_ensure_usage_partitions((now() AT TIME ZONE 'UTC')::date, 3)")
@@ -127,6 +148,8 @@ class Ledger:
     async def flush(self) -> bool:
         """Write everything pending; False if some of it could not be written (it stays queued)."""
         async with self._lock:
+            if self._spool is not None and self._pending:
+                self._spool.rotate()  # what is pending now is in sealed segments, dropped once written
             while self._pending:
                 batch = self._pending[: self._batch_size]
                 del self._pending[: len(batch)]
@@ -142,6 +165,8 @@ class Ledger:
                     self._pending[:0] = batch
                     raise
                 self._on_flush(len(batch))
+            if self._spool is not None:
+                self._spool.written()
         return True
 
     async def close(self, deadline_s: float = 10.0) -> None:
@@ -151,4 +176,7 @@ class Ledger:
         while not await self.flush() and loop.time() < end:  # noqa: ASYNC110  # polling Postgres, no event to await
             await asyncio.sleep(0.2)
         if self._pending:
-            _log.error("%d usage records could not be written before shutdown", len(self._pending))
+            where = "; they stay in the spool for the next start" if self._spool is not None else ""
+            _log.error("%d usage records could not be written before shutdown%s", len(self._pending), where)
+        if self._spool is not None:
+            self._spool.close(keep=bool(self._pending))
