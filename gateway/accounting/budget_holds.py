@@ -57,24 +57,22 @@ class PostgresBudgetHolds:
     async def _hold(self, spans: Sequence[BudgetSpan], request_id: str, usd: Decimal, ttl_s: float) -> int | None:
         rid = uuid.UUID(request_id)
         order = sorted(range(len(spans)), key=lambda i: _lock_name(spans[i]))
+        idents = [_ident(span) for span in spans]
         async with self._pool.acquire() as conn, conn.transaction():
             for i in order:
                 await conn.execute(_LOCK, _lock_name(spans[i]))
             for i in order:
-                span = spans[i]
-                level, budget = span.level, span.level.limits.budget_usd
+                span, ident = spans[i], idents[i]
+                budget = span.level.limits.budget_usd
                 assert budget is not None
-                ident = (uuid.UUID(level.tenant_id), level.scope, hold_scope_id(level), span.period)
                 await conn.execute(_RETIRE, *ident)
                 held = Decimal(await conn.fetchval(_HELD, *ident))
-                query, extra = spend_query(level)
+                query, extra = spend_query(span.level)
                 spent = Decimal(await conn.fetchval(query, ident[0], span.start, span.end, *extra))
                 if spent + held + usd > budget:
                     return i  # the transaction rolls back: nothing was held anywhere
             for i in order:
-                level = spans[i].level
-                ident = (uuid.UUID(level.tenant_id), level.scope, hold_scope_id(level), spans[i].period)
-                await conn.execute(_HOLD, *ident, rid, usd, ttl_s)
+                await conn.execute(_HOLD, *idents[i], rid, usd, ttl_s)
         return None
 
     async def settle(self, request_id: str, usd: Decimal) -> None:
@@ -88,6 +86,12 @@ class PostgresBudgetHolds:
                     await self._pool.execute(_RELEASE, rid)
         except _BACKEND_ERRORS:
             pass  # the hold keeps the reserved amount until it expires: conservative, never an overspend
+
+
+def _ident(span: BudgetSpan) -> tuple[uuid.UUID, str, str, str]:
+    """The level and period as `budget_holds` keys them."""
+    level = span.level
+    return uuid.UUID(level.tenant_id), level.scope, hold_scope_id(level), span.period
 
 
 def _lock_name(span: BudgetSpan) -> str:

@@ -4,7 +4,6 @@ Postgres that holds across processes, settles to the real cost, and hands over t
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -23,6 +22,7 @@ from quota.errors import QuotaBackendError, QuotaExceededError
 from quota.keys import end_user_id
 from quota.limiter import Limiter, Reservation
 from quota.types import Demand, Level, LevelLimits
+from tests.integration.gateway.records import usage_record
 
 
 @pytest.fixture(name="unreachable")
@@ -196,25 +196,5 @@ async def test_spend_held_in_postgres_during_a_partition_reaches_the_redis_count
     await client.aclose()
 
 
-def _record(request_id: str, tenant_id: str, cost: Decimal, **extra: Any) -> UsageRecord:
-    return UsageRecord(
-        request_id=request_id,
-        created_at=dt.datetime.now(dt.UTC),
-        tenant_id=tenant_id,
-        key_id=None,
-        model="small",
-        served_model="small",
-        deployment="sim-small",
-        provider="simulator",
-        route="fixed",
-        stream=False,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cost_usd=cost,
-        outcome="ok",
-        truncated=False,
-        usage_source="upstream",
-        duration_ms=12,
-        **extra,
-    )
+def _record(request_id: str, tenant_id: str, cost: Decimal, **extra: object) -> UsageRecord:
+    return usage_record(request_id=request_id, tenant_id=tenant_id, cost_usd=cost, key_id=None, **extra)

@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import asyncpg
 import pytest
 
-from gateway.accounting.ledger import Ledger, UsageRecord
-
-
-def _record(**overrides: object) -> UsageRecord:
-    values: dict[str, object] = {
-        "request_id": str(uuid.uuid4()),
-        "created_at": dt.datetime.now(dt.UTC),
-        "tenant_id": str(uuid.uuid4()),
-        "key_id": str(uuid.uuid4()),
-        "model": "small",
-        "served_model": "small",
-        "deployment": "sim-small",
-        "provider": "simulator",
-        "route": "fixed",
-        "stream": False,
-        "prompt_tokens": 10,
-        "completion_tokens": 5,
-        "cached_tokens": 0,
-        "cost_usd": Decimal("0.0000045"),
-        "outcome": "ok",
-        "truncated": False,
-        "usage_source": "upstream",
-        "duration_ms": 12,
-    }
-    values.update(overrides)
-    return UsageRecord(**values)  # type: ignore[arg-type]
+from gateway.accounting.ledger import Ledger
+from tests.integration.gateway.records import usage_record
 
 
 @pytest.fixture(name="pool")
@@ -47,7 +22,7 @@ async def fx_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 async def test_records_are_written_in_one_batch_with_exact_costs(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool)
-    records = [_record(cost_usd=Decimal("0.0000000001") * i) for i in range(1, 501)]
+    records = [usage_record(cost_usd=Decimal("0.0000000001") * i) for i in range(1, 501)]
     for record in records:
         ledger.record(record)
     assert await ledger.flush()
@@ -59,7 +34,7 @@ async def test_records_are_written_in_one_batch_with_exact_costs(pool: asyncpg.P
 
 async def test_a_batch_written_twice_is_counted_once(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool)
-    record = _record()
+    record = usage_record()
     ledger.record(record)
     ledger.record(record)
     assert await ledger.flush()
@@ -72,7 +47,7 @@ async def test_records_land_in_monthly_partitions_made_ahead(pool: asyncpg.Pool)
     ledger = Ledger(pool)
     await ledger.ensure_partitions()
     next_month = (dt.datetime.now(dt.UTC).replace(day=1) + dt.timedelta(days=32)).replace(day=2)
-    ledger.record(_record(created_at=next_month))
+    ledger.record(usage_record(created_at=next_month))
     assert await ledger.flush()
     partition = await pool.fetchval("SELECT tableoid::regclass::text FROM usage_records")
     assert partition == f"usage_records_y{next_month:%Y}m{next_month:%m}"
@@ -81,7 +56,7 @@ async def test_records_land_in_monthly_partitions_made_ahead(pool: asyncpg.Pool)
 async def test_unwritable_batch_stays_queued_and_is_written_on_recovery(pool: asyncpg.Pool) -> None:
     ledger = Ledger(pool)
     far_future = dt.datetime(2999, 1, 1, tzinfo=dt.UTC)  # no partition exists for it: the insert fails
-    ledger.record(_record(created_at=far_future))
+    ledger.record(usage_record(created_at=far_future))
     assert not await ledger.flush()
     assert ledger.pending == 1
     await pool.execute("SELECT sluice_ensure_usage_partitions('2999-01-01', 1)")

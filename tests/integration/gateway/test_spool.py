@@ -3,8 +3,6 @@ died is on disk, and the next start writes it exactly once."""
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -14,30 +12,11 @@ import pytest
 
 from gateway.accounting.ledger import Ledger, UsageRecord
 from gateway.accounting.spool import Spool
+from tests.integration.gateway.records import usage_record
 
 
 def _record(cost: str = "0.001") -> UsageRecord:
-    return UsageRecord(
-        request_id=str(uuid.uuid4()),
-        created_at=dt.datetime.now(dt.UTC),
-        tenant_id=str(uuid.uuid4()),
-        key_id=None,
-        model="small",
-        served_model="small",
-        deployment="sim-small",
-        provider="simulator",
-        route="fixed",
-        stream=False,
-        prompt_tokens=10,
-        completion_tokens=5,
-        cached_tokens=0,
-        cost_usd=Decimal(cost),
-        outcome="ok",
-        truncated=False,
-        usage_source="upstream",
-        duration_ms=12,
-        end_user="abc",
-    )
+    return usage_record(cost_usd=Decimal(cost), key_id=None, end_user="abc")
 
 
 @pytest.fixture(name="pool")
