@@ -111,8 +111,8 @@ def create_app(
         }
         store = TenantStore(pool)
         authenticator = Authenticator(store, hasher, redis, ttl=settings.auth_cache_ttl_s)
-        ledger = await _start_ledger(pool, settings, metrics_)
         limiter, queues = _quota_backends(redis, pool, settings, config, metrics_, processes)
+        ledger = await _start_ledger(pool, settings, metrics_, limiter)
         supervisor = Supervisor()
         tracer = None
         if span_exporter is not None or settings.tracing != "off":
@@ -217,14 +217,16 @@ def _quota_backends(
     return limiter, queues
 
 
-async def _start_ledger(pool: asyncpg.Pool, settings: Settings, metrics_: Metrics) -> Ledger:
-    """The usage ledger, with partitions made ahead and what killed processes left in the spool written."""
+async def _start_ledger(pool: asyncpg.Pool, settings: Settings, metrics_: Metrics, limiter: Limiter) -> Ledger:
+    """The usage ledger, with partitions made ahead and what killed processes left in the spool written; it
+    tells the limiter's budget counters of every budgeted record that lands."""
     ledger = Ledger(
         pool,
         flush_interval=settings.ledger_flush_interval_s,
         on_flush=metrics_.ledger_written.inc,
         on_error=metrics_.ledger_errors.inc,
         spool=Spool(settings.ledger_spool_dir) if settings.ledger_spool_dir else None,
+        reconcile=limiter.reconcile,
     )
     await ledger.ensure_partitions()
     await ledger.replay_spool()

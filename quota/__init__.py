@@ -5,11 +5,24 @@ from __future__ import annotations
 from quota.errors import QuotaBackendError, QuotaExceededError
 from quota.headers import rate_limit_headers
 from quota.limiter import Limiter, Reservation, SpendSource, to_nano
-from quota.types import Admission, Demand, Level, LevelLimits, LevelUsage, QuotaKind, Window
+from quota.types import (
+    Admission,
+    BudgetTrail,
+    Demand,
+    Landing,
+    Level,
+    LevelLimits,
+    LevelUsage,
+    QuotaKind,
+    SpendSnapshot,
+    Window,
+)
 
 __all__ = [
     "Admission",
+    "BudgetTrail",
     "Demand",
+    "Landing",
     "Level",
     "LevelLimits",
     "LevelUsage",
@@ -18,6 +31,7 @@ __all__ = [
     "QuotaExceededError",
     "QuotaKind",
     "Reservation",
+    "SpendSnapshot",
     "SpendSource",
     "Window",
     "rate_limit_headers",

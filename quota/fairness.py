@@ -202,7 +202,7 @@ class FairQueue:
             finally:
                 self._subscribed = False
                 with contextlib.suppress(*_REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated before redis-py 8.2
 
     # --- acquiring ----------------------------------------------------------------------------
 

@@ -28,7 +28,18 @@ def level_keys(level: Level, period: str) -> list[str]:
 
 
 def settled_marker(tenant_id: str, request_id: str) -> str:
+    """A request's settlement and ledger-landing marks (hash; see lua/settle.lua and lua/reconcile.lua)."""
     return f"{PREFIX}:{{t:{tenant_id}}}:settled:{request_id}"
+
+
+def late_landings(budget_counter: str) -> str:
+    """Usage records that landed while `budget_counter` was being rebuilt (lua/seed.lua judges them)."""
+    return f"{budget_counter}:late"
+
+
+def held_amounts(budget_counter: str) -> str:
+    """Per request, what `budget_counter` counted for a Postgres budget hold whose record has not landed."""
+    return f"{budget_counter}:held"
 
 
 def processes() -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,20 +38,20 @@ from quota.errors import QuotaBackendError, QuotaExceededError
 from quota.health import RedisHealth
 from quota.periods import period_bounds, period_id
 from quota.scripts import Scripts, register
-from quota.types import Admission, BudgetState, Demand, Level, LevelUsage, QuotaKind, Window
+from quota.types import (
+    Admission,
+    BudgetState,
+    BudgetTrail,
+    Demand,
+    Landing,
+    Level,
+    LevelUsage,
+    QuotaKind,
+    SpendSnapshot,
+    Window,
+)
 
 _NANO = Decimal("0.000000001")
-# Adds what a process spent in Postgres during an outage to the budget counters that outlived it (seeded
-# before it began); a counter rebuilt since already read that spend from Postgres.
-_HAND_BACK = """
-for i, k in ipairs(KEYS) do
-  local seeded_at = tonumber(redis.call('HGET', k, 'seeded_at') or '0')
-  if redis.call('HGET', k, 'seeded') == '1' and seeded_at < tonumber(ARGV[1]) then
-    redis.call('HINCRBY', k, 'spent', ARGV[i + 1])
-  end
-end
-return 0
-"""
 _MARKER_TTL_MS = 86_400_000
 
 
@@ -62,7 +63,7 @@ def to_nano(usd: Decimal) -> int:
 class SpendSource(Protocol):
     """Where settled spend lives durably (the Postgres ledger); read only to rebuild lost counters."""
 
-    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> Decimal: ...
+    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> SpendSnapshot: ...
 
 
 class BudgetSpan(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +104,19 @@ class Reservation:
             return
         self._settled = True
         await self._limiter.settle(self, tokens, cost_usd, self._periods)
+
+    @property
+    def trail(self) -> BudgetTrail | None:
+        """Where this request's spend is counted, for its usage record (None when no level has a budget)."""
+        counters = tuple(
+            keys.level_keys(level, period)[3]
+            for level, period in zip(self.levels, self._periods, strict=True)
+            if level.limits.budget_usd is not None
+        )
+        if not counters:
+            return None
+        marker = keys.settled_marker(self.levels[0].tenant_id, self.demand.request_id)
+        return BudgetTrail(marker=marker, counters=counters, via_redis=not self.admission.fail_open)
 
     @property
     def keep_alive_interval_s(self) -> float:
@@ -146,8 +160,8 @@ class Limiter:
         self._local_tokens = SlidingWindowCounterRateLimiter(MemoryStorage())
         self._local_inflight: Counter[tuple[str, str, str]] = Counter()
         self._retrying: set[asyncio.Task[None]] = set()
-        self._held_in_postgres: dict[str, dict[str, int]] = {}
-        """Budget counter (Redis key) → request id → nano-USD this process held in Postgres during an outage."""
+        self._held_in_postgres: dict[str, dict[str, tuple[int, str]]] = {}
+        """Budget counter (Redis key) → request id → (nano-USD held in Postgres during an outage, its marker)."""
         self._outage_began_ms = 0
 
     # --- admission -------------------------------------------------------------------------
@@ -207,14 +221,52 @@ class Limiter:
         raise QuotaBackendError("budget counters could not be rebuilt")
 
     async def _seed(self, level: Level, period: str, now: dt.datetime) -> None:
+        """Rebuild a lost budget counter: mark it as being rebuilt, read the ledger, then write the sum. Records
+        landing in between are reported to the counter meanwhile (lua/reconcile.lua) and judged by seed.lua
+        against the read's Postgres snapshot, so the rebuilt counter counts every record exactly once."""
         start, end = period_bounds(level.limits.budget_period, now)
-        # The ledger read is outside `timeout_s`, which bounds Redis round trips: a sum over a month of usage
-        # may take longer, and cutting it off would leave the counter unbuilt and the level at 503 for good.
-        spent = await self._spend.spent_usd(level, start, end)
         budget_key = keys.level_keys(level, period)[3]
         ttl_ms = int((end - now).total_seconds() * 1000) + 86_400_000
         async with asyncio.timeout(self._timeout_s):
-            await self._scripts.seed(keys=[budget_key], args=[to_nano(spent), ttl_ms])
+            token = _text(await self._scripts.seed_begin(keys=[budget_key], args=[secrets.token_hex(8), 60_000]))
+        if not token:
+            return  # rebuilt by another process meanwhile
+        # The ledger read is outside `timeout_s`, which bounds Redis round trips: a sum over a month of usage
+        # may take longer, and cutting it off would leave the counter unbuilt and the level at 503 for good.
+        spend = await self._spend.spent_usd(level, start, end)
+        args: list[int | str] = [token, to_nano(spend.spent_usd), ttl_ms, secrets.token_hex(6), spend.snapshot]
+        for request_id, amount in spend.holds:
+            args += [request_id, to_nano(amount)]
+        seed_keys = [budget_key, keys.late_landings(budget_key), keys.held_amounts(budget_key)]
+        async with asyncio.timeout(self._timeout_s):
+            await self._scripts.seed(keys=seed_keys, args=args)
+
+    async def reconcile(self, landings: Sequence[Landing]) -> None:
+        """Usage records have landed in the ledger: each budget counter they belong to counts each exactly once
+        (lua/reconcile.lua). Off the request path (the ledger writer); raises on a Redis failure, for the caller
+        to retry: a repeated landing is recognised and skipped."""
+        if not landings:
+            return
+        if not self.health.up:
+            raise QuotaBackendError("Redis is unreachable")
+        try:
+            async with asyncio.timeout(max(self._timeout_s, 5.0)):
+                script = self._scripts.reconcile
+                pipe = self._client.pipeline(transaction=False)
+                pipe.execute_command("SCRIPT", "LOAD", script.source)  # in the same round trip: no NOSCRIPT
+                for landing in landings:
+                    trail = landing.trail
+                    redis_keys = [trail.marker]
+                    for counter in trail.counters:
+                        redis_keys += [counter, keys.late_landings(counter), keys.held_amounts(counter)]
+                    args: list[str | int] = [
+                        landing.request_id, landing.xid, landing.cost_nano, int(trail.via_redis), _MARKER_TTL_MS,
+                        landing.admitted_at_ms,
+                    ]  # fmt: skip
+                    pipe.execute_command("EVALSHA", script.sha, len(redis_keys), *redis_keys, *args)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise QuotaBackendError(f"budget reconciliation failed: {type(exc).__name__}") from exc
 
     async def _reserve_locally(self, levels: list[Level], demand: Demand, now: dt.datetime) -> Admission:
         share = max(1, self._processes())
@@ -231,11 +283,16 @@ class Limiter:
     async def _hand_back_outage_spend(self) -> None:
         """Back from an outage: Redis may have kept its counters (a partition, not a restart), and they would
         miss what this process spent through Postgres meanwhile. One extra round trip, once per outage; a
-        hold not settled yet counts its whole reservation (high by its unused part, never low)."""
-        counters = list(self._held_in_postgres)
-        amounts = [sum(self._held_in_postgres[k].values()) for k in counters]
+        hold not settled yet counts its whole reservation until its record lands (lua/hand_back.lua)."""
+        redis_keys: list[str] = []
+        args: list[int | str] = [self._outage_began_ms]
+        for counter, held in self._held_in_postgres.items():
+            redis_keys += [counter, keys.held_amounts(counter)]
+            args.append(len(held))
+            for request_id, (nano, marker) in held.items():
+                args += [request_id, nano, marker]
         async with asyncio.timeout(self._timeout_s):
-            await self._client.eval(_HAND_BACK, len(counters), *counters, self._outage_began_ms, *amounts)
+            await self._scripts.hand_back(keys=redis_keys, args=args)
         self._held_in_postgres.clear()
 
     async def _hold_budgets(self, levels: list[Level], demand: Demand, now: dt.datetime) -> None:
@@ -262,9 +319,10 @@ class Limiter:
             # On the wall clock, against counters' `seeded_at` on the Redis clock: the same host's clock in a
             # single-host deployment; elsewhere NTP keeps them within milliseconds of a seconds-long outage.
             self._outage_began_ms = int((time.time() - self.health.down_for_s) * 1000)
+        marker = keys.settled_marker(levels[0].tenant_id, demand.request_id)
         for span in spans:
             counter = keys.level_keys(span.level, span.period)[3]
-            self._held_in_postgres.setdefault(counter, {})[demand.request_id] = to_nano(demand.cost_usd)
+            self._held_in_postgres.setdefault(counter, {})[demand.request_id] = (to_nano(demand.cost_usd), marker)
 
     def _check_locally(self, level: Level, demand: Demand, share: int) -> None:
         limits, ident = level.limits, (level.tenant_id, level.scope, level.scope_id)
@@ -325,8 +383,8 @@ class Limiter:
             if reservation.admission.budget_held and self._holds is not None:
                 await self._holds.settle(reservation.demand.request_id, cost_usd)
                 for held in self._held_in_postgres.values():
-                    if reservation.demand.request_id in held:
-                        held[reservation.demand.request_id] = to_nano(cost_usd)
+                    if (entry := held.get(reservation.demand.request_id)) is not None:
+                        held[reservation.demand.request_id] = (to_nano(cost_usd), entry[1])
             return
         redis_keys = [
             key for level, period in zip(levels, periods, strict=True) for key in keys.level_keys(level, period)

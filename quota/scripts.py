@@ -17,8 +17,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 
-def _source(name: str) -> str:
-    return resources.files("quota").joinpath("lua", name).read_text()
+def _source(name: str, *, prelude: bool = False) -> str:
+    """A script's text; `prelude` prepends `snapshot.lua` (Redis runs one source text per script)."""
+    lua = resources.files("quota").joinpath("lua")
+    return (lua.joinpath("snapshot.lua").read_text() if prelude else "") + lua.joinpath(name).read_text()
 
 
 class Script:
@@ -41,18 +43,33 @@ class Script:
             await execute("SCRIPT", "LOAD", self._source)  # type: ignore[no-untyped-call]
             return await execute("EVALSHA", self._sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
 
+    @property
+    def sha(self) -> str:
+        return self._sha
+
+    @property
+    def source(self) -> str:
+        """For callers that pipeline `EVALSHA`, where NOSCRIPT cannot be retried: send `SCRIPT LOAD` first."""
+        return self._source
+
 
 class Scripts(msgspec.Struct, frozen=True):
     reserve: Script
     settle: Script
+    seed_begin: Script
     seed: Script
+    reconcile: Script
+    hand_back: Script
     keep_alive: Script
 
 
 def register(client: aioredis.Redis) -> Scripts:
     return Scripts(
         reserve=Script(client, _source("reserve.lua")),
-        settle=Script(client, _source("settle.lua")),
-        seed=Script(client, _source("seed.lua")),
+        settle=Script(client, _source("settle.lua", prelude=True)),
+        seed_begin=Script(client, _source("seed_begin.lua")),
+        seed=Script(client, _source("seed.lua", prelude=True)),
+        reconcile=Script(client, _source("reconcile.lua", prelude=True)),
+        hand_back=Script(client, _source("hand_back.lua", prelude=True)),
         keep_alive=Script(client, _source("keep_alive.lua")),
     )

@@ -89,3 +89,37 @@ class LevelUsage(msgspec.Struct, frozen=True, kw_only=True):
     spent_usd: Decimal
     reserved_usd: Decimal
     inflight: int
+
+
+class BudgetTrail(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a request's spend is counted in Redis: kept with its usage record, so that when the record lands
+    in the ledger every budget counter can be made to count it exactly once (`Limiter.reconcile`)."""
+
+    marker: str
+    """The request's settlement marker (`keys.settled_marker`)."""
+    counters: tuple[str, ...]
+    """The budget counters of its levels that have a budget, in admission order."""
+    via_redis: bool
+    """Its settlement goes to Redis (False: admitted by the fallback, budgets held and settled in Postgres)."""
+
+
+class Landing(msgspec.Struct, frozen=True, kw_only=True):
+    """A usage record that has reached the ledger, and the Postgres transaction (xid8) that wrote it."""
+
+    request_id: str
+    trail: BudgetTrail
+    cost_nano: int
+    xid: int
+    admitted_at_ms: int
+    """When Redis admitted it (0 when the fallback did)."""
+
+
+class SpendSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A level's spend this period as one Postgres snapshot saw it, to rebuild a lost counter from."""
+
+    spent_usd: Decimal
+    """Ledger spend plus the open budget holds whose records are not in the ledger yet."""
+    snapshot: str
+    """`pg_current_snapshot()` of the read ("xmin:xmax:xip,…"): which later landings it could not see."""
+    holds: tuple[tuple[str, Decimal], ...] = ()
+    """(request id, amount) of the open holds included in `spent_usd`."""

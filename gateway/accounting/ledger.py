@@ -9,6 +9,10 @@
    the server has drained) flushes everything still pending before the process exits.
 4. The ledger is append-only and partitioned by month; `ensure_partitions` keeps the next
    months' partitions made ahead of time, and retention drops whole partitions.
+5. Once a batch has committed, its budgeted records are reported as landed (`Landing`: with the xid8 of
+   the transaction that wrote them) to `reconcile`, so that every Redis budget counter counts each record
+   exactly once even across a Redis restart (`quota/lua/reconcile.lua`). A failed report is retried on
+   the next flush; reporting the same landing twice changes nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
+
+from quota import BudgetTrail, Landing, QuotaBackendError, to_nano
 
 if TYPE_CHECKING:
     from gateway.accounting.spool import Spool
@@ -43,6 +49,13 @@ SELECT * FROM unnest(
 ON CONFLICT (request_id, created_at) DO NOTHING
 """
 _COLUMNS = 20
+# The xid8 of the transaction that wrote each row: this one's ($3) for the rows it inserted, an earlier
+# attempt's (whose commit went unacknowledged) for the rows ON CONFLICT skipped; age() counts back from ours.
+_WRITERS = """
+SELECT request_id::text, $3::bigint - age(xmin) FROM usage_records
+WHERE (request_id, created_at) IN (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]))
+"""
+_MAX_UNRECONCILED = 100_000
 
 
 class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +83,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """When admission took the request, on the Redis clock (None if no Redis limit applied)."""
     end_user: str | None = None
     """The request's `user`, hashed as in the quota keys (`quota.keys.end_user_id`); never the raw value."""
+    budget_trail: BudgetTrail | None = None
+    """Where Redis counts this request's spend (not a column: kept for reconciliation after the write)."""
 
 
 def _columns(records: list[UsageRecord]) -> list[list[object]]:
@@ -96,9 +111,12 @@ class Ledger:
         on_flush: Callable[[int], None] = lambda n: None,
         on_error: Callable[[], None] = lambda: None,
         spool: Spool | None = None,
+        reconcile: Callable[[Sequence[Landing]], Awaitable[None]] | None = None,
     ) -> None:
         self._pool = pool
         self._spool = spool
+        self._reconcile = reconcile
+        self._unreconciled: list[Landing] = []
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._pending: list[UsageRecord] = []
@@ -122,11 +140,55 @@ class Ledger:
         replayed = 0
         for path, records in self._spool.orphans():
             for start in range(0, len(records), self._batch_size):
-                await self._pool.execute(_INSERT, *_columns(records[start : start + self._batch_size]))
+                self._unreconciled += await self._write(records[start : start + self._batch_size])
             path.unlink(missing_ok=True)
             replayed += len(records)
             _log.warning("replayed %d usage records left in %s by a process that stopped early", len(records), path)
+        await self._report_landings()
         return replayed
+
+    async def _write(self, batch: list[UsageRecord]) -> list[Landing]:
+        """Insert a batch in one transaction; returns its budgeted records as landed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            xid = int(await conn.fetchval("SELECT pg_current_xact_id()::text"))  # before age() reads it
+            await conn.execute(_INSERT, *_columns(batch))
+            traced = {r.request_id: r for r in batch if r.budget_trail is not None and r.cost_usd > 0}
+            if not traced:
+                return []
+            ids = [uuid.UUID(r.request_id) for r in traced.values()]
+            rows = await conn.fetch(_WRITERS, ids, [r.created_at for r in traced.values()], xid)
+        landings = []
+        for request_id, writer in rows:
+            record = traced[request_id]
+            assert record.budget_trail is not None
+            admitted_ms = round(record.admitted_at.timestamp() * 1000) if record.admitted_at else 0
+            landings.append(
+                Landing(
+                    request_id=request_id,
+                    trail=record.budget_trail,
+                    cost_nano=to_nano(record.cost_usd),
+                    xid=writer,
+                    admitted_at_ms=admitted_ms,
+                )
+            )
+        return landings
+
+    async def _report_landings(self) -> None:
+        if self._reconcile is None or not self._unreconciled:
+            self._unreconciled.clear()
+            return
+        landings, self._unreconciled = self._unreconciled, []
+        try:
+            await self._reconcile(landings)
+        except QuotaBackendError as exc:
+            # Redis is away: retried on the next flush. If it comes back empty, its rebuilt counters read
+            # the ledger and these reports change nothing; if it kept its counters, they need them.
+            self._unreconciled[:0] = landings
+            if len(self._unreconciled) > _MAX_UNRECONCILED:
+                dropped = len(self._unreconciled) - _MAX_UNRECONCILED
+                del self._unreconciled[:dropped]
+                _log.error("dropped %d budget reconciliations during a long Redis outage", dropped)
+            _log.warning("budget counters not told of %d landed usage records yet: %s", len(landings), exc)
 
     async def ensure_partitions(self) -> None:
         await self._pool.execute("SELECT sluice_ensure_usage_partitions((now() AT TIME ZONE 'UTC')::date, 3)")
@@ -154,7 +216,7 @@ class Ledger:
                 batch = self._pending[: self._batch_size]
                 del self._pending[: len(batch)]
                 try:
-                    await self._pool.execute(_INSERT, *_columns(batch))
+                    landed = await self._write(batch)
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     self._pending[:0] = batch
                     self._on_error()
@@ -165,8 +227,10 @@ class Ledger:
                     self._pending[:0] = batch
                     raise
                 self._on_flush(len(batch))
+                self._unreconciled += landed
             if self._spool is not None:
                 self._spool.written()
+            await self._report_landings()
         return True
 
     async def close(self, deadline_s: float = 10.0) -> None:

@@ -2,8 +2,9 @@
 
 What the ledger holds, plus the budget holds taken in Postgres while Redis was away whose usage records
 have not reached the ledger yet (`budget_holds.py`): a counter rebuilt right after an outage must not
-forget the requests still in flight through that fallback. A hold not yet settled counts its whole
-reservation, so a rebuilt counter can only be high by the unused part of those, never low.
+forget the requests still in flight through that fallback. Each such hold is reported with its amount, so
+that when its record lands the counter is corrected to the real cost (`quota/lua/reconcile.lua`); and the
+read reports its Postgres snapshot, which tells later landings whether this sum already saw them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import asyncpg
 
 from quota.keys import end_user_id
 from quota.periods import period_id
-from quota.types import Level
+from quota.types import Level, SpendSnapshot
 
 _TENANT = """
 SELECT coalesce(sum(cost_usd), 0) FROM usage_records
@@ -36,8 +37,8 @@ SELECT coalesce(sum(cost_usd), 0) FROM usage_records
 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND end_user = $4
 """
 _OPEN_HOLDS = """
-SELECT coalesce(sum(amount_usd), 0) FROM budget_holds h
-WHERE tenant_id = $1 AND scope = ${0} AND scope_id = ${1} AND period = ${2} AND expires_at > now()
+SELECT request_id::text, amount_usd FROM budget_holds h
+WHERE tenant_id = $1 AND scope = $2 AND scope_id = $3 AND period = $4 AND expires_at > now()
   AND NOT EXISTS (SELECT 1 FROM usage_records u WHERE u.request_id = h.request_id)
 """
 
@@ -64,12 +65,19 @@ class LedgerSpend:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> Decimal:
+    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> SpendSnapshot:
         ledger, extra = spend_query(level)
-        n = 4 + len(extra)
-        holds = _OPEN_HOLDS.replace("${0}", f"${n}").replace("${1}", f"${n + 1}").replace("${2}", f"${n + 2}")
-        # One statement, so one snapshot: a usage record that lands meanwhile is counted once, not 0 or 2 times.
-        query = f"SELECT ({ledger}) + ({holds})"
         period = period_id(level.limits.budget_period, start)
-        args = [uuid.UUID(level.tenant_id), start, end, *extra, level.scope, hold_scope_id(level), period]
-        return Decimal(await self._pool.fetchval(query, *args))
+        tenant = uuid.UUID(level.tenant_id)
+        # One snapshot for the sum, the open holds and the snapshot's own description: a record that lands
+        # meanwhile is either in all three or in none (and then reconciled when it lands).
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            row = await conn.fetchrow(f"SELECT ({ledger}), pg_current_snapshot()::text", tenant, start, end, *extra)
+            assert row is not None
+            open_holds = await conn.fetch(_OPEN_HOLDS, tenant, level.scope, hold_scope_id(level), period)
+        held = tuple((r["request_id"], Decimal(r["amount_usd"])) for r in open_holds)
+        return SpendSnapshot(
+            spent_usd=Decimal(row[0]) + sum((amount for _, amount in held), Decimal(0)),
+            snapshot=row[1],
+            holds=held,
+        )

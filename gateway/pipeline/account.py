@@ -13,6 +13,7 @@ from gateway.accounting.pricing import TokenUsage, cost_usd
 from gateway.context import RequestContext
 from gateway.observability.logging import request_logger
 from gateway.runtime import ResolvedRoute, Runtime
+from quota import Reservation
 
 
 def charge(
@@ -21,11 +22,12 @@ def charge(
     resolved: ResolvedRoute,
     usage: TokenUsage,
     source: str,
-    admitted_at_ms: int | None = None,
+    reservation: Reservation | None = None,
 ) -> None:
     """Price the call and write its usage record (queued; the ledger writes it in a batch)."""
     assert ctx.tenant is not None
     cost = cost_usd(usage, resolved.price)
+    admitted_at_ms = reservation.admission.admitted_at_ms if reservation is not None else None
     ctx.usage, ctx.cost = usage, cost
     served = (resolved.provider.kind, resolved.provider.model)
     rt.metrics.observe_charge(
@@ -54,6 +56,7 @@ def charge(
             duration_ms=round(ctx.elapsed() * 1000),
             admitted_at=dt.datetime.fromtimestamp(admitted_at_ms / 1000, dt.UTC) if admitted_at_ms else None,
             end_user=ctx.end_user,
+            budget_trail=reservation.trail if reservation is not None else None,
         )
     )
 

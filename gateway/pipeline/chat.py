@@ -167,7 +167,7 @@ async def _answered(
         raise
     rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"], None)
     with ctx.timed("account"):
-        charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
+        charge(rt, ctx, resolved, usage, source, reservation)
     assert ctx.cost is not None
     with ctx.timed("settle"):
         await reservation.settle(usage.total, ctx.cost)
@@ -218,7 +218,7 @@ async def _streamed(
         if ctx.logged_text is not None:
             ctx.logged_text["completion"] = meter.text()
         with ctx.timed("account"):
-            charge(rt, ctx, resolved, usage, source, reservation.admission.admitted_at_ms)
+            charge(rt, ctx, resolved, usage, source, reservation)
         finish(rt, ctx)
         # A stream's `finally` cannot await (the client may be gone): release and settlement run as tracked tasks.
         rt.supervisor.spawn("release", held.aclose())

@@ -1,5 +1,8 @@
 """The hot path costs one Redis round trip to admit and one to settle, and none to Postgres (DESIGN §1).
 
+The ledger's background writer adds one script call per landed record (budget reconciliation, sent as one
+pipeline per batch), off the request path.
+
 Counted on a private Valkey, so no other test's traffic mixes into its command statistics.
 """
 
@@ -34,7 +37,7 @@ def fx_private_redis_url() -> Iterator[str]:
 # Commands the quota scripts run inside Redis; Valkey's statistics count them like client commands.
 SCRIPT_COMMANDS = {
     "time", "zremrangebyscore", "zcard", "zrange", "zrangebyscore", "zadd", "zrem", "hget", "hset", "hdel",
-    "hincrby", "hsetnx", "pexpire", "pttl", "set",
+    "hincrby", "hsetnx", "hmget", "pexpire", "pttl", "set",
 }  # fmt: skip
 
 
@@ -52,15 +55,19 @@ async def test_a_request_with_every_quota_costs_one_redis_round_trip_each_to_adm
         body = {"model": "small", "messages": [{"role": "user", "content": "count my round trips"}]}
         async with httpx.AsyncClient(base_url=gateway.base_url, headers=headers) as client:
             assert (await client.post("/chat/completions", json=body)).status_code == 200  # warm: seed, auth cache
+            await gateway.flush_ledger()
             stats = aioredis.Redis.from_url(private_redis_url)
             before = await _commands(stats)
             for _ in range(REQUESTS):
                 assert (await client.post("/chat/completions", json=body)).status_code == 200
+            await gateway.flush_ledger()  # every record landed and reconciled: its script calls are all counted
             after = await _commands(stats)
             await stats.aclose()
     delta = {name: calls - before.get(name, 0) for name, calls in after.items() if calls - before.get(name, 0)}
-    assert delta.pop("evalsha") == 2 * REQUESTS, "one reserve and one settle script per request"
+    assert delta.pop("evalsha") == 3 * REQUESTS, "reserve and settle per request, one reconcile per landed record"
     client_commands = {name: calls for name, calls in delta.items() if name not in SCRIPT_COMMANDS}
-    # What remains is this test's own INFO call and the 500 ms revocation-epoch poll: nothing per request.
-    assert set(client_commands) <= {"info", "get"}, client_commands
+    # What remains is this test's own INFO call, the 500 ms revocation-epoch poll and the ledger's SCRIPT LOAD
+    # (pipelined with its reconcile calls, once per flush): nothing per request.
+    assert set(client_commands) <= {"info", "get", "script|load"}, client_commands
+    assert client_commands.get("script|load", 0) <= 10
     assert client_commands.get("get", 0) <= 10

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from gateway.accounting.budget_holds import PostgresBudgetHolds
 from gateway.accounting.ledger import Ledger, UsageRecord

@@ -54,6 +54,8 @@ TTL_MS: dict[Process, int] = {"live": 60_000, "short": 25}
 BUDGET_TTL_MS = 3_600_000
 MARKER_TTL_MS = 86_400_000
 SCOPES: tuple[ScopeName, ...] = ("tenant", "key")
+SNAPSHOT = "1:1:"
+"""The Postgres snapshot every seed here reports: no ledger transaction after it (none lands in this machine)."""
 
 _SNAPSHOT = """
 local out = {}
@@ -245,9 +247,10 @@ class _Model:
         return out
 
     def settle(self, placed: list[Placed], marker: str, rid: str, tokens: int, usd: int, admitted_at: int) -> int:
-        if marker in self.db:
+        if "s" in self.h(marker):
             return 0
-        self.db[marker] = "1"
+        self.h(marker)["s"] = "1"
+        b = 0  # budget levels so far: the marker names the counters it charged by their index among them
         for p in placed:
             _, _, tpmv, bud, inf, res = p.keys
             found = rid in self.z(inf)
@@ -257,19 +260,31 @@ class _Model:
                 if held > 0:
                     self.hincr(bud, "reserved", -held)
             self.h(res).pop(rid, None)
+            b += p.level.limits.budget_usd is not None
             tracked = p.level.limits.budget_usd is not None and self.h(bud).get("seeded") == "1"
             if tracked and (found or admitted_at >= int(self.h(bud).get("seeded_at", "0"))):
                 self.hincr(bud, "spent", usd)
+                self.h(marker)[f"e{b}"] = self.h(bud).get("epoch", "-")
             old = self.h(tpmv).get(rid)
             if old is not None:
                 self.h(tpmv)[rid] = str(tokens)
                 self.hincr(tpmv, "__sum", tokens - int(old))
         return 1
 
-    def seed(self, bud: str, spent: int, seeded_at: str) -> int:
+    def seed_begin(self, bud: str, token: str) -> str:
+        if self.h(bud).get("seeded") == "1":
+            return ""
+        return self.h(bud).setdefault("seeding", token)
+
+    def seed(self, bud: str, token: str, spent: int, seeded_at: str, epoch: str) -> int:
+        """No usage record lands in this machine (no `late` or `held` entries): those are tested with the
+        ledger in tests/integration/gateway/test_budget_reconciliation.py."""
         if self.h(bud).get("seeded") == "1":
             return 0
-        self.h(bud).update(spent=str(spent), seeded="1", seeded_at=seeded_at)
+        if self.h(bud).get("seeding") != token:
+            return -1
+        self.h(bud).update(spent=str(spent), seeded="1", seeded_at=seeded_at, epoch=epoch, snap=SNAPSHOT)
+        self.h(bud).pop("seeding")
         self.h(bud).setdefault("reserved", "0")
         return 1
 
@@ -408,15 +423,26 @@ class AdmissionMachine(RuleBasedStateMachine):
         scope = p.scope
         before = self.snapshot()
         spent = self.ledger[(scope, p.period)]
-        applied = self.run(self.scripts.seed(keys=[bud], args=[spent, BUDGET_TTL_MS + 86_400_000]))
+        token = f"t{next(self.ids)}"
+        began = _text(self.run(self.scripts.seed_begin(keys=[bud], args=[token, 60_000])))
+        model = _Model(before)
+        assert began == model.seed_begin(bud, token)
+        _assert_same(self.snapshot(), model.result(), "seed_begin")
+        before = self.snapshot()
+        epoch = f"e{next(self.ids)}"
+        seed_keys = [bud, f"{bud}:late", f"{bud}:held"]
+        applied = self.run(
+            self.scripts.seed(keys=seed_keys, args=[began, spent, BUDGET_TTL_MS + 86_400_000, epoch, SNAPSHOT])
+        )
         after = self.snapshot()
         seeded_at = after[bud]["seeded_at"]  # the Redis clock at the seed
         model = _Model(before)
-        assert applied == model.seed(bud, spent, seeded_at)
+        assert applied == model.seed(bud, began, spent, seeded_at, epoch)
         _assert_same(after, model.result(), "seed")
         # A new period starts from the ledger alone; every other period keeps what it had.
         reserved = before.get(bud, {}).get("reserved", "0")
-        assert after[bud] == {"spent": str(spent), "seeded": "1", "seeded_at": seeded_at, "reserved": reserved}
+        expected = {"spent": str(spent), "seeded": "1", "seeded_at": seeded_at, "reserved": reserved}
+        assert after[bud] == {**expected, "epoch": epoch, "snap": SNAPSHOT}
 
     def check_admission(self, placed: list[Placed], db: Db) -> None:
         """Right after an admission, every enforced limit holds at every level it passed."""
@@ -614,7 +640,10 @@ async def test_reservation_leaked_in_an_earlier_budget_period_does_not_free_budg
         keys, args = placed[0].keys, _reserve_args(placed, rid, 0, 600, ttl_ms)
         result = await scripts.reserve(keys=keys, args=args)
         if int(result[0]) == -1:
-            await scripts.seed(keys=[keys[3]], args=[0, BUDGET_TTL_MS])
+            token = await scripts.seed_begin(keys=[keys[3]], args=["t", 60_000])
+            await scripts.seed(
+                keys=[keys[3], f"{keys[3]}:late", f"{keys[3]}:held"], args=[token, 0, BUDGET_TTL_MS, "e", SNAPSHOT]
+            )
             result = await scripts.reserve(keys=keys, args=args)
         return int(result[0])
 

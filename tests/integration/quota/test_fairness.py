@@ -29,13 +29,6 @@ SERVICE_S = 0.03
 """Simulated upstream latency inside a slot."""
 
 
-@pytest.fixture(name="client")
-async def fx_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 @pytest.fixture(name="deployment")
 def fx_deployment() -> str:
     return f"dep-{uuid.uuid4().hex[:8]}"

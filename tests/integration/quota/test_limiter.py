@@ -27,7 +27,10 @@ from quota.headers import rate_limit_headers
 from quota.keys import level_keys
 from quota.limiter import Limiter, Reservation, to_nano
 from quota.periods import period_id
-from quota.types import Demand, Level, LevelLimits, QuotaKind, Scope
+from quota.types import Demand, Level, LevelLimits, QuotaKind, Scope, SpendSnapshot
+
+NO_LATER_LANDINGS = "1:1:"
+"""A Postgres snapshot that sees every transaction before xid 1: no landing reported later is in the sum."""
 
 
 class Ledger:
@@ -43,12 +46,13 @@ class Ledger:
         ident = (level.tenant_id, level.scope, level.scope_id)
         self.spent[ident] = self.spent.get(ident, Decimal(0)) + usd
 
-    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> Decimal:
+    async def spent_usd(self, level: Level, start: dt.datetime, end: dt.datetime) -> SpendSnapshot:
         del start, end  # one period per test
         self.reads += 1
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        return self.spent.get((level.tenant_id, level.scope, level.scope_id), Decimal(0))
+        spent = self.spent.get((level.tenant_id, level.scope, level.scope_id), Decimal(0))
+        return SpendSnapshot(spent_usd=spent, snapshot=NO_LATER_LANDINGS)
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,6 @@ class Counters:
     spent: int
     reserved: int
     inflight: int
-
-
-@pytest.fixture(name="client")
-async def fx_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture(name="ledger")
