@@ -19,6 +19,7 @@ from urllib.parse import quote
 import click
 import msgspec
 
+from gateway.routing.cli import router, simulator
 from gateway.settings import ConfigError, Settings, load_file_config
 
 
@@ -402,3 +403,7 @@ def usage_report(tenant_id: str, since: str | None, until: str | None, csv_path:
             writer = csv.writer(handle)
             writer.writerow(header)
             writer.writerows(rows)
+
+
+main.add_command(router)
+main.add_command(simulator)

