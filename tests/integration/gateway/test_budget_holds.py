@@ -12,8 +12,8 @@ from typing import Any
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
 from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from gateway.accounting.budget_holds import PostgresBudgetHolds
 from gateway.accounting.ledger import Ledger, UsageRecord
