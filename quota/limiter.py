@@ -162,7 +162,7 @@ class Limiter:
         self._retrying: set[asyncio.Task[None]] = set()
         self._held_in_postgres: dict[str, dict[str, tuple[int, str]]] = {}
         """Budget counter (Redis key) → request id → (nano-USD held in Postgres during an outage, its marker)."""
-        self._outage_began_ms = 0
+        self._first_hold_ms = 0
 
     # --- admission -------------------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class Limiter:
         miss what this process spent through Postgres meanwhile. One extra round trip, once per outage; a
         hold not settled yet counts its whole reservation until its record lands (lua/hand_back.lua)."""
         redis_keys: list[str] = []
-        args: list[int | str] = [self._outage_began_ms]
+        args: list[int | str] = [self._first_hold_ms]
         for counter, held in self._held_in_postgres.items():
             redis_keys += [counter, keys.held_amounts(counter)]
             args.append(len(held))
@@ -310,15 +310,17 @@ class Limiter:
             spans.append(
                 BudgetSpan(level=level, period=period_id(level.limits.budget_period, now), start=start, end=end)
             )
+        if not self._held_in_postgres:
+            # Taken before the first hold is written: a counter seeded at or before it cannot have read this
+            # outage's holds from Postgres (hand_back.lua; a tie counts them, erring towards refusing). On the
+            # wall clock, against `seeded_at` on the Redis clock: one host's clock in a single-host deployment;
+            # elsewhere NTP keeps them within milliseconds.
+            self._first_hold_ms = int(time.time() * 1000)
         refused = await self._holds.hold(spans, demand.request_id, demand.cost_usd, self._ttl_ms / 1000)
         if refused is not None:
             level = levels[refused]
             until_end_ms = int((spans[refused].end - now).total_seconds() * 1000)
             raise _exceeded(level, "budget", until_end_ms)
-        if not self._held_in_postgres:
-            # On the wall clock, against counters' `seeded_at` on the Redis clock: the same host's clock in a
-            # single-host deployment; elsewhere NTP keeps them within milliseconds of a seconds-long outage.
-            self._outage_began_ms = int((time.time() - self.health.down_for_s) * 1000)
         marker = keys.settled_marker(levels[0].tenant_id, demand.request_id)
         for span in spans:
             counter = keys.level_keys(span.level, span.period)[3]

@@ -1,6 +1,7 @@
 -- Back from an outage: add what this process held in Postgres meanwhile to the budget counters that
--- outlived it (rebuilt before the outage began; one rebuilt since read those holds from Postgres itself).
--- KEYS: per counter b: counter, its `held` hash. ARGV: outage_began_ms, then per counter: n, then n triples
+-- outlived it (rebuilt no later than the first hold was taken; one rebuilt since read those holds from
+-- Postgres itself; a rebuild in the same millisecond counts them, erring towards refusing, never overspending).
+-- KEYS: per counter b: counter, its `held` hash. ARGV: first_hold_ms, then per counter: n, then n triples
 -- (request_id, nano-USD, marker key). Each amount is remembered in `held`, so that reconcile.lua charges
 -- only the rest of the real cost when the usage record lands; a record that has landed (marker `x`) was
 -- charged in full by reconcile.lua already.
@@ -11,7 +12,7 @@ for b = 1, #KEYS / 2 do
   local n = tonumber(ARGV[a])
   a = a + 1
   local state = redis.call('HMGET', counter, 'seeded', 'seeded_at')
-  local outlived = state[1] == '1' and tonumber(state[2] or '0') < began
+  local outlived = state[1] == '1' and tonumber(state[2] or '0') <= began
   for _ = 1, n do
     local rid, amount, marker = ARGV[a], ARGV[a + 1], ARGV[a + 2]
     a = a + 3
