@@ -20,10 +20,10 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from prometheus_client import CollectorRegistry
 
+from cache import Coalescer, DecisionCache, RoutingDecisions
 from gateway import drain
 from gateway.accounting.budget_holds import PostgresBudgetHolds
 from gateway.accounting.ledger import Ledger
-from gateway.accounting.pricing import FREE
 from gateway.accounting.spend import LedgerSpend
 from gateway.accounting.spool import Spool
 from gateway.accounting.tokens import warm_up
@@ -34,8 +34,9 @@ from gateway.api.openai import chat_completions, list_models, own_usage
 from gateway.api.ops import healthz, metrics, readyz
 from gateway.errors import error_body, to_gateway_error
 from gateway.observability.metrics import LabelBounds, Metrics
+from gateway.pipeline.route import build_routes
 from gateway.providers.registry import build_providers
-from gateway.runtime import ResolvedRoute, Runtime
+from gateway.runtime import Runtime
 from gateway.settings import FileConfig, Settings
 from gateway.supervisor import Supervisor
 from quota.fairness import FairQueue
@@ -80,7 +81,6 @@ def create_app(
         (m.name for m in config.models), settings.metrics_max_tenants, settings.metrics_tenants.split(",")
     )
     metrics_ = Metrics(registry, bounds, __version__)
-    prices = config.prices
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -97,18 +97,7 @@ def create_app(
             max_connections=512,
         )
         providers = build_providers(config, environ)
-        routes = {
-            alias.name: ResolvedRoute(
-                alias=alias.name,
-                policy=str(type(alias.route).__struct_config__.tag),
-                provider=providers[alias.route.deployment],
-                price=prices.get(alias.route.deployment, FREE),
-                max_context_tokens=next(
-                    d.max_context_tokens for d in config.deployments if d.name == alias.route.deployment
-                ),
-            )
-            for alias in config.models
-        }
+        routes = build_routes(config, providers)
         store = TenantStore(pool)
         authenticator = Authenticator(store, hasher, redis, ttl=settings.auth_cache_ttl_s)
         limiter, queues = _quota_backends(redis, pool, settings, config, metrics_, processes)
@@ -132,6 +121,8 @@ def create_app(
             registry=registry,
             multiprocess_dir=multiprocess_dir,
             routes=routes,
+            answers=Coalescer(DecisionCache(redis)),
+            decisions=RoutingDecisions(redis),
             limits=config.limits,
             created=int(time.time()),
             admin_token=settings.admin_token,

@@ -16,6 +16,7 @@ class RequestContext:
 
     __slots__ = (
         "cache",
+        "confidence",
         "cost",
         "deployment",
         "end_user",
@@ -53,6 +54,8 @@ class RequestContext:
         self.provider: str | None = None
         self.route = "none"
         self.cache = "bypass"
+        self.confidence: float | None = None
+        """The router's confidence (cascade: the small answer's; scored: the scorer's prediction)."""
         self.stream = False
         self.usage: TokenUsage | None = None
         self.cost: Decimal | None = None

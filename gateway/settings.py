@@ -14,6 +14,8 @@ from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
+from cache import CachePolicy
+
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")]
@@ -95,14 +97,59 @@ class FixedRoute(Base, frozen=True, tag="fixed", tag_field="policy"):
     deployment: Name
 
 
-Route: TypeAlias = FixedRoute
+class FallbackRoute(Base, frozen=True, tag="fallback", tag_field="policy"):
+    """Deployments in order: the next one is tried after a 429, a 5xx, a timeout or a refused connection."""
+
+    deployments: Annotated[list[Name], msgspec.Meta(min_length=1, max_length=16)]
+    latency_budget_s: PositiveFloat = 60.0
+    """Time from the request's arrival after which no further deployment is tried."""
+
+
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class CascadeRoute(Base, frozen=True, tag="cascade", tag_field="policy"):
+    """The small deployment first (asked for logprobs); its answer is returned when its confidence reaches
+    `threshold`, else the large deployment answers (docs/routing.md)."""
+
+    small: Name
+    large: Name
+    threshold: Share = 0.6
+    """Confidence (geometric-mean token probability) at or above which the small answer is returned."""
+    remember_escalations_s: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
+    """How long an escalated prompt goes straight to the large deployment (0: never remembered)."""
+
+
+class ScoredRoute(Base, frozen=True, tag="scored", tag_field="policy"):
+    """A scorer trained by `sluice router train` picks the deployment from the prompt, before any call."""
+
+    small: Name
+    large: Name
+    scorer: str
+    """Path of the scorer artifact (relative paths: to the configuration file)."""
+    threshold: Share = 0.5
+    """Predicted chance that the small deployment will do, below which the large one is called."""
+
+
+Route: TypeAlias = FixedRoute | FallbackRoute | CascadeRoute | ScoredRoute
+
+
+def route_deployments(route: Route) -> list[str]:
+    """The deployments a route may call, in the order it tries them."""
+    if isinstance(route, FixedRoute):
+        return [route.deployment]
+    if isinstance(route, FallbackRoute):
+        return list(route.deployments)
+    return [route.small, route.large]
 
 
 class ModelAlias(Base, frozen=True):
-    """A model name tenants call, and the route that serves it."""
+    """A model name tenants call, the route that serves it, and its response cache."""
 
     name: Name
     route: Route
+    cache: CachePolicy = CachePolicy(enabled=False)
+    """The decision cache for this name (docs/cache.md); off unless `enabled = true`."""
 
 
 class Price(Base, frozen=True):
@@ -234,7 +281,22 @@ def load_file_config(path: str | Path | None) -> FileConfig:
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     _cross_check(source, config)
-    return config
+    return _with_absolute_paths(source, config)
+
+
+def _with_absolute_paths(source: Path, config: FileConfig) -> FileConfig:
+    """Scorer paths are relative to the configuration file; make them absolute once, here."""
+    models = []
+    for i, alias in enumerate(config.models):
+        route = alias.route
+        if isinstance(route, ScoredRoute):
+            path = (source.parent / route.scorer).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{source}: $.models[{i}].route.scorer: no scorer artifact at `{path}`")
+            models.append(msgspec.structs.replace(alias, route=msgspec.structs.replace(route, scorer=str(path))))
+        else:
+            models.append(alias)
+    return msgspec.structs.replace(config, models=models)
 
 
 def _path_first(message: str) -> str:
@@ -251,10 +313,9 @@ def _cross_check(source: Path, config: FileConfig) -> None:
     if len(set(aliases)) != len(aliases):
         raise ConfigError(f"{source}: $.models: model names must be unique")
     for i, alias in enumerate(config.models):
-        if alias.route.deployment not in names:
-            raise ConfigError(
-                f"{source}: $.models[{i}].route.deployment: unknown deployment `{alias.route.deployment}`"
-            )
+        for deployment in route_deployments(alias.route):
+            if deployment not in names:
+                raise ConfigError(f"{source}: $.models[{i}].route: unknown deployment `{deployment}`")
     for name, price in config.prices.items():
         if name not in names:
             raise ConfigError(f"{source}: $.prices.{name}: unknown deployment `{name}`")

@@ -22,7 +22,7 @@ from gateway.api.middleware import header_refusal
 from gateway.context import RequestContext
 from gateway.errors import PayloadTooLargeError, error_body, to_gateway_error
 from gateway.pipeline.account import finish
-from gateway.pipeline.chat import run_chat
+from gateway.pipeline.chat import client_headers, run_chat
 from gateway.runtime import Runtime
 
 PATH = "/v1/chat/completions"
@@ -54,8 +54,7 @@ class HotPath:
             status, refused = refusal
             await _send_json(send, status, error_body(refused), [id_header])
             return
-        authorization = _header(headers, b"authorization")
-        max_queue_ms = _header(headers, b"x-sluice-max-queue-ms")
+        client = client_headers(_first_values(headers))
         declared = next((value for name, value in headers if name == b"content-length"), None)
         rt: Runtime = self.app.state.runtime
         ctx = RequestContext(request_id)
@@ -64,7 +63,7 @@ class HotPath:
             return await _read_body(receive, declared, self._max_body)
 
         try:
-            reply = await run_chat(rt, ctx, read_body, authorization, max_queue_ms)
+            reply = await run_chat(rt, ctx, read_body, client)
         except _ClientGoneError:
             ctx.outcome = "client_disconnected"
             finish(rt, ctx)
@@ -83,8 +82,12 @@ class HotPath:
             await _send_stream(reply.frames, receive, send, response_headers)
 
 
-def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
-    return next((value.decode("latin-1") for name, value in headers if name == wanted), None)
+def _first_values(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Each header's first value by name (ASGI names are lower-case)."""
+    values: dict[str, str] = {}
+    for name, value in headers:
+        values.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return values
 
 
 async def _read_body(receive: Receive, declared: bytes | None, limit: int) -> bytes:

@@ -15,7 +15,7 @@ from gateway.context import RequestContext
 from gateway.errors import error_body, to_gateway_error
 from gateway.pipeline.account import finish
 from gateway.pipeline.admit import configured_levels
-from gateway.pipeline.chat import authenticate, run_chat
+from gateway.pipeline.chat import authenticate, client_headers, run_chat
 from gateway.runtime import Runtime
 from gateway.schema.openai import ModelCard, ModelList
 
@@ -39,9 +39,7 @@ async def chat_completions(  # served by `hot_path.HotPath` in front of litestar
     rt = _runtime(request.app.state)  # not a `state` parameter: litestar copies State per request for those
     ctx = RequestContext(request.scope["state"]["request_id"])
     try:
-        reply = await run_chat(
-            rt, ctx, request.body, request.headers.get("authorization"), request.headers.get("x-sluice-max-queue-ms")
-        )
+        reply = await run_chat(rt, ctx, request.body, client_headers(request.headers))
     except Exception as exc:  # noqa: BLE001  # the /v1 error boundary: every failure becomes an OpenAI error, accounted
         response = error_response(exc, ctx)
         finish(rt, ctx)

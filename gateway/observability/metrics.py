@@ -105,6 +105,14 @@ class Metrics:
             "sluice_request_cost_usd", "Cost of one request, in USD.", ["tenant"], buckets=COST_BUCKETS,
             registry=registry,
         )  # fmt: skip
+        self.cost_saved = Counter(
+            "sluice_cost_saved_usd", "Cost saved against calling the route's largest model, in USD, by reason "
+            "(cache_hit, routed_small).", ["tenant", "reason"], registry=registry,
+        )  # fmt: skip
+        self.discarded_cost = Counter(
+            "sluice_discarded_cost_usd", "Cost of upstream answers the client never got (a cascade's small call "
+            "before it escalated), in USD; included in sluice_cost_usd_total.", ["tenant"], registry=registry,
+        )  # fmt: skip
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Decision cache look-ups by result (hit, miss, bypass).", ["tenant", "result"],
             registry=registry,
@@ -262,10 +270,20 @@ class Metrics:
         if cached:
             self.tokens.labels(tenant, model_label, "cached").inc(cached)
         self.cost.labels(tenant, model_label).inc(float(cost))
-        self.request_cost.labels(tenant).observe(float(cost))
         provider, served_model = GENAI_PROVIDERS.get(served[0], served[0]), served[1]
         self.genai_client_tokens.labels("chat", provider, "input", served_model, served_model).observe(prompt)
         self.genai_client_tokens.labels("chat", provider, "output", served_model, served_model).observe(completion)
+
+    def observe_cost(
+        self, tenant_id: str, cost: Decimal, *, saved: tuple[str, Decimal] | None, wasted: Decimal
+    ) -> None:
+        """Once per request: its whole cost, what routing or the cache saved, what an escalation threw away."""
+        tenant = self.bounds.tenant(tenant_id)
+        self.request_cost.labels(tenant).observe(float(cost))
+        if saved is not None and saved[1] > 0:
+            self.cost_saved.labels(tenant, saved[0]).inc(float(saved[1]))
+        if wasted > 0:
+            self.discarded_cost.labels(tenant).inc(float(wasted))
 
 
 class _Snapshot:

@@ -7,43 +7,82 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Sequence
+from decimal import Decimal
+
+import msgspec
 
 from gateway.accounting.ledger import UsageRecord
 from gateway.accounting.pricing import TokenUsage, cost_usd
 from gateway.context import RequestContext
 from gateway.observability.logging import request_logger
-from gateway.runtime import ResolvedRoute, Runtime
+from gateway.runtime import Runtime, Target
 from quota import Reservation
+
+
+class Spent(msgspec.Struct, frozen=True, kw_only=True):
+    """One upstream call's (or one cache hit's) usage and price, and who served it."""
+
+    kind: str
+    """Provider kind (`openai`, `simulator`), or `cache` for a hit."""
+    model: str
+    deployment: str
+    usage: TokenUsage
+    cost: Decimal
+    source: str
+    """Where the usage came from: `upstream`, `counted` (tiktoken) or `cache`."""
+
+
+def spent_on(target: Target, usage: TokenUsage, source: str) -> Spent:
+    provider = target.provider
+    return Spent(
+        kind=provider.kind, model=provider.model, deployment=provider.deployment, usage=usage,
+        cost=cost_usd(usage, target.price), source=source,
+    )  # fmt: skip
 
 
 def charge(
     rt: Runtime,
     ctx: RequestContext,
-    resolved: ResolvedRoute,
-    usage: TokenUsage,
-    source: str,
+    alias: str,
+    spent: Spent,
     reservation: Reservation | None = None,
+    *,
+    discarded: Sequence[Spent] = (),
+    saved: tuple[str, Decimal] | None = None,
 ) -> None:
-    """Price the call and write its usage record (queued; the ledger writes it in a batch)."""
+    """Price the request and write its one usage record (queued; the ledger writes it in a batch).
+
+    `discarded`: calls whose answer the client did not get (a cascade's small call before it escalated); they
+    are charged too, in the same record. `saved`: (reason, USD) against the always-large counterfactual."""
     assert ctx.tenant is not None
-    cost = cost_usd(usage, resolved.price)
+    tenant_id = ctx.tenant.tenant_id
+    calls = [*discarded, spent]
+    for one in calls:
+        rt.metrics.observe_charge(
+            tenant_id, alias, (one.kind, one.model), one.usage.prompt_tokens, one.usage.completion_tokens,
+            one.usage.cached_tokens, one.cost,
+        )  # fmt: skip
+    usage = TokenUsage(
+        prompt_tokens=sum(one.usage.prompt_tokens for one in calls),
+        completion_tokens=sum(one.usage.completion_tokens for one in calls),
+        cached_tokens=sum(one.usage.cached_tokens for one in calls),
+    )
+    cost = sum((one.cost for one in calls), Decimal(0))
+    rt.metrics.observe_cost(tenant_id, cost, saved=saved, wasted=sum((one.cost for one in discarded), Decimal(0)))
     admitted_at_ms = reservation.admission.admitted_at_ms if reservation is not None else None
     ctx.usage, ctx.cost = usage, cost
-    served = (resolved.provider.kind, resolved.provider.model)
-    rt.metrics.observe_charge(
-        ctx.tenant.tenant_id, resolved.alias, served, usage.prompt_tokens, usage.completion_tokens,
-        usage.cached_tokens, cost,
-    )  # fmt: skip
+    ctx.served_model, ctx.deployment, ctx.provider = spent.model, spent.deployment, spent.kind
     rt.ledger.record(
         UsageRecord(
             request_id=ctx.request_id,
             created_at=dt.datetime.now(dt.UTC),
-            tenant_id=ctx.tenant.tenant_id,
+            tenant_id=tenant_id,
             key_id=ctx.tenant.key_id,
-            model=resolved.alias,
-            served_model=resolved.provider.model,
-            deployment=resolved.provider.deployment,
-            provider=resolved.provider.kind,
+            model=alias,
+            served_model=spent.model,
+            deployment=spent.deployment,
+            provider=spent.kind,
             route=ctx.route,
             stream=ctx.stream,
             prompt_tokens=usage.prompt_tokens,
@@ -52,7 +91,7 @@ def charge(
             cost_usd=cost,
             outcome=ctx.outcome,
             truncated=ctx.truncated,
-            usage_source=source,
+            usage_source=spent.source,
             duration_ms=round(ctx.elapsed() * 1000),
             admitted_at=dt.datetime.fromtimestamp(admitted_at_ms / 1000, dt.UTC) if admitted_at_ms else None,
             end_user=ctx.end_user,
@@ -87,6 +126,7 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
         model=ctx.model,
         served_model=ctx.served_model,
         route=ctx.route,
+        confidence=ctx.confidence,
         cache=ctx.cache,
         stream=ctx.stream,
         prompt_tokens=usage.prompt_tokens if usage else None,

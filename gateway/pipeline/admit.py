@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TypeAlias
 
 from gateway.accounting.pricing import TokenUsage, cost_usd
@@ -64,10 +65,13 @@ def levels_for(tenant: TenantContext, request: ChatRequest) -> list[Level]:
 
 
 def demand_for(request: ChatRequest, resolved: ResolvedRoute, limits: Limits, request_id: str) -> tuple[Demand, int]:
-    """The most this request may consume (its prompt by tiktoken plus its completion limit × `n`), and the
-    completion tokens of that allowance, which a stream may not exceed."""
+    """The most this request may consume (its prompt by tiktoken plus its completion limit × `n`, at the dearest
+    deployment the route may call; a cascade may call both), and the completion tokens one stream may deliver."""
     prompt = count_prompt(request)
     choices = request.n or 1
     completion = (request.completion_limit or limits.default_max_tokens) * choices
     worst = TokenUsage(prompt_tokens=prompt, completion_tokens=completion)
-    return Demand(request_id=request_id, tokens=worst.total, cost_usd=cost_usd(worst, resolved.price)), completion
+    costs = [cost_usd(worst, target.price) for target in resolved.targets]
+    if resolved.policy == "cascade":  # the small call and then the large one
+        return Demand(request_id=request_id, tokens=2 * worst.total, cost_usd=sum(costs, Decimal(0))), completion
+    return Demand(request_id=request_id, tokens=worst.total, cost_usd=max(costs)), completion

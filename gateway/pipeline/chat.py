@@ -4,25 +4,38 @@
     2 decode         body → ChatRequest + forwarded JSON        (pipeline.decode)
     5 route          model name → provider + price             (pipeline.route)
     3 admit          reserve requests, tokens, budget, concurrency in one Redis trip (quota.limiter)
-    4 look up        decision cache                             (not yet: every request is `bypass`)
+    4 look up        decision cache, single flight for identical requests (pipeline.lookup, cache/)
     6 queue          weighted fair queue for a deployment at its global capacity (quota.fairness)
-    7 call           upstream, non-streaming or streamed        (pipeline.call / pipeline.stream)
+    7 call           upstream by route policy, non-streaming or streamed (pipeline.dispatch, .call, .stream)
     8 settle         replace the reservation by real tokens and cost (streams: when they end)
     9 account        cost → headers, metrics, ledger, log line  (pipeline.account)
 
-Routing is resolved before admission so an unknown model costs the tenant no quota.
+Routing is resolved before admission so an unknown model costs the tenant no quota; a `scored` route picks
+its deployment there too (the scorer needs only the prompt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from decimal import Decimal
 
 import msgspec
 
-from gateway.accounting.pricing import format_usd
+from cache import (
+    CachedAnswer,
+    CachePolicy,
+    CacheUnavailableError,
+    IncompleteStreamError,
+    Lookup,
+    RequestKey,
+    assemble,
+    lookup_mode,
+    replay_sse,
+    request_key,
+)
+from gateway.accounting.pricing import TokenUsage, cost_usd, format_usd
 from gateway.context import RequestContext
 from gateway.errors import (
     AuthenticationError,
@@ -31,14 +44,15 @@ from gateway.errors import (
     RateLimitedError,
     ServiceUnavailableError,
 )
-from gateway.pipeline.account import charge, finish
+from gateway.pipeline.account import Spent, charge, finish, spent_on
 from gateway.pipeline.admit import demand_for, levels_for
-from gateway.pipeline.call import call, completion_text
+from gateway.pipeline.call import completion_text
 from gateway.pipeline.decode import decode_chat, prompt_text
+from gateway.pipeline.dispatch import Acquire, Answered, answer, open_streamed, scored_choice
 from gateway.pipeline.route import route
-from gateway.pipeline.stream import StreamMeter, open_stream, relay, timed
+from gateway.pipeline.stream import StreamMeter, relay
 from gateway.providers.base import UpstreamCall
-from gateway.runtime import ResolvedRoute, Runtime
+from gateway.runtime import ResolvedRoute, Runtime, Target
 from quota.headers import rate_limit_headers
 from quota.keys import end_user_id
 from quota.limiter import Reservation
@@ -71,17 +85,35 @@ async def authenticate(rt: Runtime, authorization: str | None) -> TenantContext:
         raise
 
 
+class ClientHeaders(msgspec.Struct, frozen=True, kw_only=True):
+    """The request headers the pipeline reads (the hot path hands them over without building a mapping)."""
+
+    authorization: str | None = None
+    max_queue_ms: str | None = None
+    """`x-sluice-max-queue-ms`."""
+    cache: dict[str, str] = {}
+    """`cache-control`, `pragma` and `x-sluice-cache`, by lower-case name, when sent."""
+
+
+_CACHE_HEADERS = ("cache-control", "pragma", "x-sluice-cache")
+
+
+def client_headers(headers: Mapping[str, str]) -> ClientHeaders:
+    """The headers the pipeline reads, from a mapping by lower-case name."""
+    return ClientHeaders(
+        authorization=headers.get("authorization"),
+        max_queue_ms=headers.get("x-sluice-max-queue-ms"),
+        cache={name: headers[name] for name in _CACHE_HEADERS if name in headers},
+    )
+
+
 async def run_chat(
-    rt: Runtime,
-    ctx: RequestContext,
-    read_body: Callable[[], Awaitable[bytes]],
-    authorization: str | None,
-    max_queue_ms: str | None = None,
+    rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders
 ) -> Reply:
     if rt.draining:
         raise ServiceUnavailableError("This gateway process is shutting down; retry.", headers={"retry-after": "1"})
     with ctx.timed("auth"):
-        ctx.tenant = tenant = await authenticate(rt, authorization)
+        ctx.tenant = tenant = await authenticate(rt, client.authorization)
     with ctx.timed("decode"):
         request, payload = decode_chat(await read_body(), rt.limits)  # the body is read only once authenticated
     ctx.model, ctx.stream = request.model, request.is_stream
@@ -90,50 +122,92 @@ async def run_chat(
         ctx.logged_text = {"prompt": prompt_text(request)}
     with ctx.timed("route"):
         resolved = route(rt.routes, request)
+        pick = 0
+        if resolved.policy == "scored":
+            pick, ctx.confidence = scored_choice(resolved, request.messages)
     ctx.route = resolved.policy
-    rt.metrics.route_decisions.labels(resolved.alias, resolved.policy).inc()
-    ctx.served_model, ctx.deployment, ctx.provider = (
-        resolved.provider.model,
-        resolved.provider.deployment,
-        resolved.provider.kind,
-    )
     with ctx.timed("admit"):
         demand, allowance = demand_for(request, resolved, rt.limits, ctx.request_id)
         reservation = await rt.limiter.reserve(levels_for(tenant, request), demand)
     rt.metrics.observe_admission(tenant.tenant_id, reservation.admission)
-    rt.metrics.cache_lookups.labels(rt.metrics.bounds.tenant(tenant.tenant_id), ctx.cache).inc()  # stage 4
-
-    headers = {
-        **rate_limit_headers(reservation.admission),
-        "x-sluice-model": resolved.provider.model,
-        "x-sluice-route": ctx.route,
-        "x-sluice-cache": ctx.cache,
-    }
-    held = contextlib.AsyncExitStack()  # the deployment slot, released when the upstream call is over
-    queue = rt.queues.get(resolved.provider.deployment)
-    if queue is not None:
-        slot = queue.slot(
-            tenant_id=tenant.tenant_id,
-            request_id=ctx.request_id,
-            weight=tenant.quota.weight,
-            cost=demand.tokens,
-            priority=tenant.quota.priority,
-            deadline_s=_queue_wait_s(tenant, max_queue_ms),
-            max_queued=tenant.quota.max_queued,
-        )
-        try:
-            with ctx.timed("queue"):
-                await held.enter_async_context(slot)
-        except BaseException:
-            await reservation.settle(0, Decimal(0))
-            raise
+    lookup = lookup_mode(payload, client.cache, resolved.cache)
+    key = request_key(tenant.tenant_id, request.model, payload) if lookup.write else None
+    headers = rate_limit_headers(reservation.admission)
     call_ = UpstreamCall(request=request, payload=payload, request_id=ctx.request_id)
-    if request.is_stream:
-        return await _streamed(rt, ctx, resolved, call_, reservation, held, allowance, headers)
+
+    @contextlib.asynccontextmanager
+    async def acquire(target: Target) -> AsyncIterator[None]:
+        async with _deployment_slot(rt, ctx, tenant, target, demand.tokens, client.max_queue_ms):
+            yield
+
+    job = _Job(rt=rt, ctx=ctx, resolved=resolved, call=call_, reservation=reservation, acquire=acquire, pick=pick)
     try:
-        return await _answered(rt, ctx, resolved, call_, reservation, held, headers)
+        if request.is_stream:
+            cached = await _stored(rt, ctx, key) if lookup.read and key is not None else None
+            _count_lookup(rt, ctx, lookup, hit=cached is not None)
+            if cached is not None:
+                return _hit(job, cached, headers)
+            return await _streamed(job, allowance, headers, key if lookup.write else None)
+        if not lookup.read or key is None:
+            _count_lookup(rt, ctx, lookup, hit=False)
+            answered, reply = await _answered(job, headers)
+            if key is not None:  # `refresh`: the client said no-cache; the fresh answer replaces the stored one
+                await _store(rt, resolved.cache, tenant.tenant_id, key, answered)
+            return reply
+        async with contextlib.AsyncExitStack() as stack:  # leaving lets waiters fall back to their own calls
+            with ctx.timed("cache"):
+                lease = await stack.enter_async_context(rt.answers.lease(tenant.tenant_id, key, resolved.cache))
+            _count_lookup(rt, ctx, lookup, hit=lease.answer is not None)
+            if lease.answer is not None:
+                return _hit(job, lease.answer, headers)
+            answered, reply = await _answered(job, headers)
+            if answered.decision != "cascade:degraded":
+                await lease.fulfil(_to_cached(answered))
+            return reply
+    except BaseException:
+        if not job.settled:
+            await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
+        raise
+
+
+class _Job(msgspec.Struct, kw_only=True):
+    """One admitted request on its way to an answer."""
+
+    rt: Runtime
+    ctx: RequestContext
+    resolved: ResolvedRoute
+    call: UpstreamCall
+    reservation: Reservation
+    acquire: Acquire
+    pick: int
+    settled: bool = False
+    """Set once the reservation was settled or handed to the stream, so a failure does not settle it twice."""
+
+
+@contextlib.asynccontextmanager
+async def _deployment_slot(
+    rt: Runtime, ctx: RequestContext, tenant: TenantContext, target: Target, tokens: int, max_queue_ms: str | None
+) -> AsyncIterator[None]:
+    """Wait in the deployment's fair queue (when it has a global capacity) and hold a slot for the call."""
+    queue = rt.queues.get(target.provider.deployment)
+    if queue is None:
+        yield
+        return
+    slot = queue.slot(
+        tenant_id=tenant.tenant_id,
+        request_id=ctx.request_id,
+        weight=tenant.quota.weight,
+        cost=tokens,
+        priority=tenant.quota.priority,
+        deadline_s=_queue_wait_s(tenant, max_queue_ms),
+        max_queued=tenant.quota.max_queued,
+    )
+    with ctx.timed("queue"):
+        await slot.__aenter__()
+    try:
+        yield
     finally:
-        await held.aclose()
+        await slot.__aexit__(None, None, None)
 
 
 def _queue_wait_s(tenant: TenantContext, requested_ms: str | None) -> float:
@@ -147,63 +221,163 @@ def _queue_wait_s(tenant: TenantContext, requested_ms: str | None) -> float:
     return min(int(requested_ms), quota.max_queue_ms_cap) / 1000
 
 
-async def _answered(
-    rt: Runtime,
-    ctx: RequestContext,
-    resolved: ResolvedRoute,
-    call_: UpstreamCall,
-    reservation: Reservation,
-    held: contextlib.AsyncExitStack,
-    headers: dict[str, str],
-) -> Reply:
-    provider = resolved.provider
-    try:
-        with ctx.timed("upstream"):
-            answer, usage, source = await call(provider, call_)
-        await held.aclose()  # free the deployment slot before accounting
-    except BaseException as exc:
-        rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"], type(exc).__name__)
-        await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
-        raise
-    rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"], None)
-    with ctx.timed("account"):
-        charge(rt, ctx, resolved, usage, source, reservation)
-    assert ctx.cost is not None
-    with ctx.timed("settle"):
-        await reservation.settle(usage.total, ctx.cost)
-    if ctx.logged_text is not None:
-        ctx.logged_text["completion"] = completion_text(answer)
-    headers["x-sluice-cost-usd"] = format_usd(ctx.cost)
+# --- stage 4: the decision cache --------------------------------------------------------------
+
+
+def _count_lookup(rt: Runtime, ctx: RequestContext, lookup: Lookup, *, hit: bool) -> None:
+    assert ctx.tenant is not None
+    ctx.cache = lookup.result(hit=hit)
+    rt.metrics.cache_lookups.labels(rt.metrics.bounds.tenant(ctx.tenant.tenant_id), ctx.cache).inc()
+
+
+async def _stored(rt: Runtime, ctx: RequestContext, key: RequestKey) -> CachedAnswer | None:
+    with ctx.timed("cache"):
+        try:
+            return await rt.answers.cache.get(key)
+        except CacheUnavailableError:
+            return None  # the cache is an optimisation: without Redis, the upstream answers
+
+
+async def _store(rt: Runtime, policy: CachePolicy, tenant_id: str, key: RequestKey, answered: Answered) -> None:
+    with contextlib.suppress(CacheUnavailableError):
+        await rt.answers.cache.put(
+            tenant_id, key, _to_cached(answered), policy.ttl_s, policy.max_entries_per_tenant,
+            max_entry_bytes=policy.max_entry_bytes,
+        )  # fmt: skip
+
+
+def _to_cached(answered: Answered) -> CachedAnswer:
+    usage = answered.spent.usage
+    return CachedAnswer(
+        body=answered.body, model=answered.spent.model, prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
+        cost_usd=answered.spent.cost, route=answered.decision,
+    )  # fmt: skip
+
+
+def _hit(job: _Job, cached: CachedAnswer, headers: dict[str, str]) -> Reply:
+    """Answer from the cache: the stored body (replayed as SSE for a stream), charged the policy's fraction."""
+    rt, ctx, resolved = job.rt, job.ctx, job.resolved
+    charged = resolved.cache.hit_cost(cached.cost_usd)
+    ctx.route = cached.route or resolved.policy
+    spent = Spent(
+        kind="cache", model=cached.model, deployment="cache", usage=TokenUsage(prompt_tokens=0, completion_tokens=0),
+        cost=charged, source="cache",
+    )  # fmt: skip
+    charge(rt, ctx, resolved.alias, spent, job.reservation, saved=("cache_hit", cached.cost_usd - charged))
+    rt.supervisor.spawn("settle", job.reservation.settle(0, charged))
+    job.settled = True
+    headers = {**headers, **_decision_headers(ctx, cached.model), "x-sluice-cost-usd": format_usd(charged)}
     headers.update(ctx.timing_headers())
     finish(rt, ctx)
-    return Reply(body=answer, headers={**headers, "content-type": "application/json"})
+    if ctx.stream:
+        frames = replay_sse(cached.body, include_usage=_client_wants_usage(job.call))
+        return Reply(frames=_iterate(frames), headers={**headers, **_SSE_HEADERS})
+    return Reply(body=cached.body, headers={**headers, "content-type": "application/json"})
 
 
-async def _streamed(
-    rt: Runtime,
-    ctx: RequestContext,
-    resolved: ResolvedRoute,
-    call_: UpstreamCall,
-    reservation: Reservation,
-    held: contextlib.AsyncExitStack,
-    allowance: int,
-    headers: dict[str, str],
-) -> Reply:
+async def _iterate(frames: list[bytes]) -> AsyncIterator[bytes]:
+    for frame in frames:
+        yield frame
+
+
+def _client_wants_usage(call_: UpstreamCall) -> bool:
+    options = call_.request.stream_options
+    return bool(options and options.include_usage)
+
+
+def _decision_headers(ctx: RequestContext, served_model: str) -> dict[str, str]:
+    headers = {"x-sluice-model": served_model, "x-sluice-route": ctx.route, "x-sluice-cache": ctx.cache}
+    if ctx.confidence is not None:
+        headers["x-sluice-confidence"] = f"{ctx.confidence:.4f}"
+    return headers
+
+
+def _saved(resolved: ResolvedRoute, answered_by: Spent, discarded: list[Spent]) -> tuple[str, Decimal] | None:
+    """Against always-large: the same tokens at the route's largest deployment's price, less what was paid."""
+    if resolved.policy not in ("cascade", "scored"):
+        return None
+    large = resolved.targets[-1]
+    counterfactual = cost_usd(answered_by.usage, large.price)
+    paid = answered_by.cost + sum((one.cost for one in discarded), Decimal(0))
+    return "routed_small", counterfactual - paid
+
+
+def _decided(job: _Job, decision: str, confidence_: float | None) -> None:
+    job.ctx.route = decision
+    if confidence_ is not None:
+        job.ctx.confidence = confidence_
+    job.rt.metrics.route_decisions.labels(job.resolved.alias, decision).inc()
+
+
+# --- stages 6-9 -------------------------------------------------------------------------------
+
+
+async def _answered(job: _Job, headers: dict[str, str]) -> tuple[Answered, Reply]:
+    rt, ctx, resolved = job.rt, job.ctx, job.resolved
+    answered = await answer(rt, ctx, resolved, job.call, job.acquire, job.pick)
+    _decided(job, answered.decision, answered.confidence)
+    with ctx.timed("account"):
+        saved = _saved(resolved, answered.spent, answered.discarded)
+        charge(rt, ctx, resolved.alias, answered.spent, job.reservation, discarded=answered.discarded, saved=saved)
+    assert ctx.cost is not None and ctx.usage is not None
+    with ctx.timed("settle"):
+        await job.reservation.settle(ctx.usage.total, ctx.cost)
+    job.settled = True
+    if ctx.logged_text is not None:
+        ctx.logged_text["completion"] = completion_text(answered.body)
+    headers = {**headers, **_decision_headers(ctx, answered.spent.model), "x-sluice-cost-usd": format_usd(ctx.cost)}
+    headers.update(ctx.timing_headers())
+    finish(rt, ctx)
+    return answered, Reply(body=answered.body, headers={**headers, "content-type": "application/json"})
+
+
+def _store_stream(job: _Job, tenant_id: str, key: RequestKey, payloads: list[bytes], spent: Spent) -> None:
+    """A streamed miss that ended well is stored assembled, so the next identical request is a hit."""
+    try:
+        body = assemble(payloads)
+    except IncompleteStreamError:
+        return
+    answered = Answered(body=body, spent=spent, decision=job.ctx.route)
+    job.rt.supervisor.spawn("cache-store", _store(job.rt, job.resolved.cache, tenant_id, key, answered))
+
+
+def _replayed(job: _Job, answered: Answered, headers: dict[str, str], key: RequestKey | None) -> Reply:
+    """A streaming request answered by a whole answer (a cascade's kept small answer), replayed as SSE."""
+    rt, ctx, resolved, reservation = job.rt, job.ctx, job.resolved, job.reservation
     assert ctx.tenant is not None
-    tenant_label = rt.metrics.bounds.tenant(ctx.tenant.tenant_id)
+    with ctx.timed("account"):
+        charge(rt, ctx, resolved.alias, answered.spent, reservation, saved=_saved(resolved, answered.spent, []))
+    assert ctx.cost is not None and ctx.usage is not None
+    rt.supervisor.spawn("settle", reservation.settle(ctx.usage.total, ctx.cost))
+    job.settled = True
+    ctx.first_token_s = ctx.elapsed()
+    if key is not None:
+        rt.supervisor.spawn("cache-store", _store(rt, resolved.cache, ctx.tenant.tenant_id, key, answered))
+    headers = {**headers, **_decision_headers(ctx, answered.spent.model), "x-sluice-cost-usd": format_usd(ctx.cost)}
+    finish(rt, ctx)
+    frames = replay_sse(answered.body, include_usage=_client_wants_usage(job.call))
+    return Reply(frames=_iterate(frames), headers={**headers, **_SSE_HEADERS})
+
+
+async def _streamed(job: _Job, allowance: int, headers: dict[str, str], key: RequestKey | None) -> Reply:
+    rt, ctx, resolved, reservation = job.rt, job.ctx, job.resolved, job.reservation
+    assert ctx.tenant is not None
+    tenant_id = ctx.tenant.tenant_id
+    tenant_label = rt.metrics.bounds.tenant(tenant_id)
+    call_ = job.call
     # Meter every stream: ask the upstream for usage even when the client did not (ECOSYSTEM §0.6).
     call_.payload["stream_options"] = {**(call_.payload.get("stream_options") or {}), "include_usage": True}
-    provider = resolved.provider
-    upstream = timed(provider.stream(call_), lambda seconds: ctx.add_time("upstream", seconds))
-    try:
-        first = await open_stream(upstream)
-    except BaseException as exc:
-        rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings.get("upstream", 0.0), type(exc).__name__)
-        await held.aclose()
-        await reservation.settle(0, Decimal(0))
-        raise
+    opened = await open_streamed(rt, ctx, resolved, call_, job.acquire, job.pick)
+    _decided(job, opened.decision, opened.confidence)
+    if opened.buffered is not None:  # a cascade kept its small answer: replay it
+        return _replayed(job, opened.buffered, headers, key)
+    job.settled = True  # from here on the stream's end settles, on every exit path
+    assert opened.events is not None
+    target, held = opened.target, opened.held
+    provider = target.provider
     ctx.first_token_s = ctx.elapsed()
-    meter = StreamMeter(call_.request, allowance=allowance)
+    meter = StreamMeter(call_.request, allowance=allowance, keep_payloads=key is not None)
 
     def on_error(error: GatewayError) -> None:
         ctx.truncated, ctx.outcome, ctx.error_code = True, error.outcome, error.code
@@ -217,12 +391,17 @@ async def _streamed(
         usage, source = meter.usage()
         if ctx.logged_text is not None:
             ctx.logged_text["completion"] = meter.text()
+        spent = spent_on(target, usage, source)
         with ctx.timed("account"):
-            charge(rt, ctx, resolved, usage, source, reservation)
+            saved = _saved(resolved, spent, opened.discarded)
+            charge(rt, ctx, resolved.alias, spent, reservation, discarded=opened.discarded, saved=saved)
         finish(rt, ctx)
         # A stream's `finally` cannot await (the client may be gone): release and settlement run as tracked tasks.
         rt.supervisor.spawn("release", held.aclose())
-        rt.supervisor.spawn("settle", reservation.settle(usage.total, ctx.cost or Decimal(0)))
+        assert ctx.usage is not None
+        rt.supervisor.spawn("settle", reservation.settle(ctx.usage.total, ctx.cost or Decimal(0)))
+        if key is not None and delivered_done and not ctx.truncated:
+            _store_stream(job, tenant_id, key, meter.payloads, spent)
 
     loop = asyncio.get_running_loop()
     keep_alive_at = loop.time() + reservation.keep_alive_interval_s
@@ -238,5 +417,6 @@ async def _streamed(
             return RateLimitedError(_RESERVATION_USED, code="tokens_limit_exceeded", outcome="rate_limited")
         return None
 
-    frames = relay(first, upstream, meter, cut_short=cut_short, on_error=on_error, on_end=on_end)
+    headers = {**headers, **_decision_headers(ctx, provider.model)}
+    frames = relay(opened.first, opened.events, meter, cut_short=cut_short, on_error=on_error, on_end=on_end)
     return Reply(frames=frames, headers={**headers, **_SSE_HEADERS})

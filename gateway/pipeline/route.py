@@ -1,10 +1,53 @@
-"""Stage 5, route: the model name a tenant called → the upstream route that serves it."""
+"""Stage 5, route: the model name a tenant called → the route that serves it (built once from `sluice.toml`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
+from gateway.accounting.pricing import FREE
 from gateway.errors import InvalidRequestError, NotFoundError
-from gateway.runtime import ResolvedRoute
+from gateway.providers.base import Provider
+from gateway.routing.scorer import Scorer
+from gateway.runtime import ResolvedRoute, Target
 from gateway.schema.openai import ChatRequest
+from gateway.settings import (
+    CascadeRoute,
+    FallbackRoute,
+    FileConfig,
+    ScoredRoute,
+    route_deployments,
+)
+
+
+def build_routes(config: FileConfig, providers: Mapping[str, Provider]) -> dict[str, ResolvedRoute]:
+    """Every model name tenants may call, bound to its deployments, prices and policy."""
+    context = {d.name: d.max_context_tokens for d in config.deployments}
+    routes = {}
+    for alias in config.models:
+        spec = alias.route
+        targets = tuple(
+            Target(provider=providers[name], price=config.prices.get(name, FREE), max_context_tokens=context[name])
+            for name in route_deployments(spec)
+        )
+        resolved = ResolvedRoute(alias=alias.name, policy="fixed", targets=targets, cache=alias.cache)
+        if isinstance(spec, FallbackRoute):
+            resolved = ResolvedRoute(
+                alias=alias.name, policy="fallback", targets=targets, cache=alias.cache,
+                latency_budget_s=spec.latency_budget_s,
+            )  # fmt: skip
+        elif isinstance(spec, CascadeRoute):
+            resolved = ResolvedRoute(
+                alias=alias.name, policy="cascade", targets=targets, cache=alias.cache, threshold=spec.threshold,
+                remember_escalations_s=spec.remember_escalations_s,
+            )  # fmt: skip
+        elif isinstance(spec, ScoredRoute):
+            resolved = ResolvedRoute(
+                alias=alias.name, policy="scored", targets=targets, cache=alias.cache, threshold=spec.threshold,
+                scorer=Scorer.load(Path(spec.scorer)),
+            )  # fmt: skip
+        routes[alias.name] = resolved
+    return routes
 
 
 def route(routes: dict[str, ResolvedRoute], request: ChatRequest) -> ResolvedRoute:

@@ -33,8 +33,11 @@ DONE_FRAME = b"data: [DONE]\n\n"
 class StreamMeter:
     """Counts what a stream delivered: upstream usage when reported, else the text, tokenized at the end."""
 
-    def __init__(self, request: ChatRequest, allowance: int | None = None) -> None:
+    def __init__(self, request: ChatRequest, allowance: int | None = None, *, keep_payloads: bool = False) -> None:
         self._request = request
+        self._keep_payloads = keep_payloads
+        self.payloads: list[bytes] = []
+        """Every payload relayed, when `keep_payloads` (a cacheable stream, assembled into one answer at the end)."""
         self._allowance = allowance
         self._pieces = 0
         self._client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
@@ -50,6 +53,8 @@ class StreamMeter:
             chunk = chunk_view_decoder.decode(payload)
         except msgspec.MsgspecError:
             return b"data: " + payload + b"\n\n"
+        if self._keep_payloads:
+            self.payloads.append(payload)
         for choice in chunk.choices or ():
             delta = choice.delta
             if delta is None:

@@ -238,8 +238,18 @@ def _tool_name(body: dict[str, Any]) -> str:
     return str((tools[0].get("function") or {}).get("name", "get_weather"))
 
 
-def _logprob(token: str, rank: int = 0) -> dict[str, Any]:
-    return {"token": token, "logprob": -0.25 - rank - len(token) / 100, "bytes": list(token.encode())}
+def _logprob(token: str, rank: int = 0, *, unsure: bool = False) -> dict[str, Any]:
+    logprob = -2.0 - rank if unsure else -0.25 - rank - len(token) / 100
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+
+def _wants_logprobs(model: str, body: dict[str, Any]) -> bool:
+    return model == "fake-logprobs" or body.get("logprobs") is True
+
+
+def _unsure(body: dict[str, Any]) -> bool:
+    """A prompt that says `unsure` gets low log-probabilities (confidence about 0.14, else about 0.77)."""
+    return "unsure" in msgspec.json.encode(body.get("messages") or []).decode()
 
 
 def _completion(model: str, body: dict[str, Any]) -> bytes:
@@ -251,10 +261,14 @@ def _completion(model: str, body: dict[str, Any]) -> bytes:
         call = {"id": "call_fake1", "type": "function", "function": function}
         message.update(content=None, tool_calls=[call])
         finish = "tool_calls"
-    if model == "fake-logprobs":
+    if _wants_logprobs(model, body) and model != "fake-tools":
         tokens = [text.split(" ")[0], *(" " + word for word in text.split(" ")[1:])]
+        unsure = _unsure(body)
+        top = [_logprob("x", 1, unsure=unsure)]
         logprobs = {
-            "content": [{**_logprob(t), "top_logprobs": [_logprob(t), _logprob("x", 1)]} for t in tokens],
+            "content": [
+                {**_logprob(t, unsure=unsure), "top_logprobs": [_logprob(t, unsure=unsure), *top]} for t in tokens
+            ],
             "refusal": None,
         }
     completion = {
@@ -291,8 +305,8 @@ def _chunks(model: str, body: dict[str, Any], include_usage: bool) -> list[bytes
     else:
         for i, word in enumerate(words):
             token = word if i == 0 else " " + word
-            logprobs = {"content": [{**_logprob(token), "top_logprobs": []}], "refusal": None}
-            chunks.append(chunk({"content": token}, logprobs=logprobs if model == "fake-logprobs" else None))
+            logprobs = {"content": [{**_logprob(token, unsure=_unsure(body)), "top_logprobs": []}], "refusal": None}
+            chunks.append(chunk({"content": token}, logprobs=logprobs if _wants_logprobs(model, body) else None))
         chunks.append(chunk({}, "stop"))
     if include_usage and model != "fake-no-usage-stream":
         chunks.append(msgspec.json.encode({**_HEAD, "model": model, "choices": [], "usage": _usage_for(model, text)}))

@@ -7,13 +7,19 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from cache import CachePolicy
 from gateway.settings import (
     EXAMPLE_CONFIG,
+    CascadeRoute,
     ConfigError,
+    FallbackRoute,
     FileConfig,
+    FixedRoute,
     Limits,
+    ModelAlias,
     OpenAIDeployment,
     Price,
+    ScoredRoute,
     Settings,
     SimulatorDeployment,
     SimulatorOptions,
@@ -24,9 +30,12 @@ from gateway.settings import (
 DOCS = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
 
 
-def test_example_config_serves_simulator_models_small_and_large() -> None:
+def test_example_config_serves_simulator_models_small_large_and_a_cached_cascade() -> None:
     config = load_file_config(EXAMPLE_CONFIG)
-    assert {m.name for m in config.models} == {"small", "large"}
+    assert {m.name for m in config.models} == {"small", "large", "auto"}
+    auto = next(m for m in config.models if m.name == "auto")
+    assert isinstance(auto.route, CascadeRoute) and (auto.route.small, auto.route.large) == ("sim-small", "sim-large")
+    assert auto.cache.enabled
     assert all(isinstance(d, SimulatorDeployment) for d in config.deployments)
     small, large = config.prices["sim-small"], config.prices["sim-large"]
     assert large.input / small.input == 20
@@ -61,7 +70,7 @@ def test_pepper_list_maps_versions_and_plain_value_is_version_one() -> None:
         (
             '[[deployments]]\nkind = "simulator"\nname = "a"\nmodel = "m"\n[[models]]\nname = "x"\n'
             'route = { policy = "fixed", deployment = "nope" }',
-            "$.models[0].route.deployment",
+            "$.models[0].route",
         ),
         ('[[deployments]]\nkind = "warp"\nname = "a"\nmodel = "m"\nmodels = []', "$.deployments[0]"),
         ("deployments = []\nmodels = []\nsurprise = 1", "surprise"),
@@ -80,7 +89,22 @@ def test_bad_config_fails_naming_file_and_path(tmp_path: Path, toml: str, messag
 
 @pytest.mark.parametrize(
     "struct",
-    [Settings, FileConfig, OpenAIDeployment, SimulatorDeployment, SimulatorOptions, Timeouts, Price, Limits],
+    [
+        Settings,
+        FileConfig,
+        OpenAIDeployment,
+        SimulatorDeployment,
+        SimulatorOptions,
+        Timeouts,
+        Price,
+        Limits,
+        ModelAlias,
+        FixedRoute,
+        FallbackRoute,
+        CascadeRoute,
+        ScoredRoute,
+        CachePolicy,
+    ],
     ids=lambda s: s.__name__,
 )
 def test_every_configuration_field_is_documented(struct: type[msgspec.Struct]) -> None:
