@@ -7,6 +7,7 @@ flushing the usage ledger last so nothing served goes unrecorded.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -28,9 +29,18 @@ from gateway.accounting.spend import LedgerSpend
 from gateway.accounting.spool import Spool
 from gateway.accounting.tokens import warm_up
 from gateway.api.admin import admin_router
+from gateway.api.anthropic import create_message
 from gateway.api.hot_path import HotPath
 from gateway.api.middleware import InputLimitsMiddleware, RequestIdMiddleware
-from gateway.api.openai import chat_completions, list_models, own_usage
+from gateway.api.openai import (
+    chat_completions,
+    create_response,
+    delete_response,
+    embeddings,
+    get_response,
+    list_models,
+    own_usage,
+)
 from gateway.api.ops import healthz, metrics, readyz
 from gateway.errors import error_body, to_gateway_error
 from gateway.observability.metrics import LabelBounds, Metrics
@@ -38,6 +48,7 @@ from gateway.pipeline.route import build_routes
 from gateway.providers.registry import build_providers
 from gateway.runtime import Runtime
 from gateway.settings import FileConfig, Settings
+from gateway.stored_responses import ResponseStore
 from gateway.supervisor import Supervisor
 from quota.fairness import FairQueue
 from quota.health import RedisHealth
@@ -123,6 +134,7 @@ def create_app(
             routes=routes,
             answers=Coalescer(DecisionCache(redis)),
             decisions=RoutingDecisions(redis),
+            responses=ResponseStore(pool, retention=dt.timedelta(days=settings.responses_retention_days)),
             limits=config.limits,
             created=int(time.time()),
             admin_token=settings.admin_token,
@@ -134,6 +146,7 @@ def create_app(
             drain.install(runtime, grace_s=settings.drain_grace_s, timeout_s=settings.drain_timeout_s)
         supervisor.start("auth-invalidation", authenticator.run)
         supervisor.start("ledger-writer", ledger.run)
+        supervisor.start("responses-purge", runtime.responses.run_purge)
         for name, queue in queues.items():
             supervisor.start(f"queue-{name}", queue.listen)
         try:
@@ -151,7 +164,20 @@ def create_app(
                 tracer.shutdown()
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, own_usage, admin_router, healthz, readyz, metrics],
+        route_handlers=[
+            chat_completions,
+            embeddings,
+            create_response,
+            get_response,
+            delete_response,
+            create_message,
+            list_models,
+            own_usage,
+            admin_router,
+            healthz,
+            readyz,
+            metrics,
+        ],
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware(), InputLimitsMiddleware()],
         exception_handlers={Exception: _error_handler},

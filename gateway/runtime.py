@@ -16,6 +16,7 @@ from gateway.observability.tracing import Tracer
 from gateway.providers.base import Provider
 from gateway.routing.scorer import Scorer
 from gateway.settings import Limits, Price
+from gateway.stored_responses import ResponseStore
 from gateway.supervisor import Supervisor
 from quota.fairness import FairQueue
 from quota.limiter import Limiter
@@ -77,6 +78,8 @@ class Runtime(msgspec.Struct, kw_only=True):
     answers: Coalescer
     """The decision cache, with single flight for identical requests in flight."""
     decisions: RoutingDecisions
+    responses: ResponseStore
+    """Stored Responses-API responses (Postgres, tenant-scoped)."""
     """Escalations remembered per prompt fingerprint (cascade routes)."""
     limits: Limits
     created: int

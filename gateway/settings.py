@@ -55,8 +55,8 @@ class SimulatorOptions(Base, frozen=True):
     the prompt's reference answer, wrong ones differ, and logprobs are less confident where the tier is wrong."""
 
 
-class OpenAIDeployment(Base, frozen=True, tag="openai", tag_field="kind"):
-    """An OpenAI-compatible upstream (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp, TGI, Groq, …)."""
+class HttpDeployment(Base, frozen=True):
+    """An upstream reached over HTTP; `kind` says which API it speaks."""
 
     name: Name
     """Deployment name, referenced by models and the price table."""
@@ -76,6 +76,17 @@ class OpenAIDeployment(Base, frozen=True, tag="openai", tag_field="kind"):
     """Largest `max_tokens` a request may ask of this deployment."""
 
 
+class OpenAIDeployment(HttpDeployment, frozen=True, tag="openai", tag_field="kind"):
+    """An OpenAI-compatible upstream (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp, TGI, Groq, …)."""
+
+
+class AnthropicDeployment(HttpDeployment, frozen=True, tag="anthropic", tag_field="kind"):
+    """An upstream that speaks Anthropic's Messages API (`base_url` like `https://api.anthropic.com/v1`)."""
+
+    default_max_tokens: PositiveInt = 4096
+    """Completion limit sent when a request sets none (Anthropic requires one)."""
+
+
 class SimulatorDeployment(Base, frozen=True, tag="simulator", tag_field="kind"):
     """The built-in simulator: a deterministic model stand-in for demos, benchmarks and evaluation."""
 
@@ -88,7 +99,7 @@ class SimulatorDeployment(Base, frozen=True, tag="simulator", tag_field="kind"):
     max_context_tokens: PositiveInt = 128_000
 
 
-Deployment: TypeAlias = OpenAIDeployment | SimulatorDeployment
+Deployment: TypeAlias = OpenAIDeployment | AnthropicDeployment | SimulatorDeployment
 
 
 class FixedRoute(Base, frozen=True, tag="fixed", tag_field="policy"):
@@ -212,6 +223,8 @@ class Settings(Base, frozen=True):
     start if a process died first; `sluice serve` sets `<data dir>/spool`. Unset: memory only."""
     ledger_flush_interval_s: PositiveFloat = 0.2
     """`SLUICE_LEDGER_FLUSH_INTERVAL_S`: how often usage records are written in one batch."""
+    responses_retention_days: PositiveFloat = 30.0
+    """`SLUICE_RESPONSES_RETENTION_DAYS`: how long the Responses API keeps stored responses (`store`)."""
     drain_timeout_s: PositiveFloat = 30.0
     """`SLUICE_DRAIN_TIMEOUT_S`: how long SIGTERM waits for in-flight requests."""
     drain_grace_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
@@ -257,7 +270,7 @@ class Settings(Base, frozen=True):
         return peppers
 
 
-def upstream_api_key(deployment: OpenAIDeployment, environ: Mapping[str, str] = os.environ) -> str | None:
+def upstream_api_key(deployment: HttpDeployment, environ: Mapping[str, str] = os.environ) -> str | None:
     """The deployment's API key from its environment variable (read only here)."""
     if deployment.api_key_env is None:
         return None

@@ -27,7 +27,7 @@ FAKE_SCENARIOS = (
     "fake-ok", "fake-tools", "fake-logprobs", "fake-500", "fake-503", "fake-429", "fake-400", "fake-401",
     "fake-slow", "fake-html", "fake-garbled", "fake-huge", "fake-redirect", "fake-broken-stream",
     "fake-error-stream", "fake-stall-stream", "fake-no-usage-stream", "fake-long-line", "fake-crlf",
-    "fake-usage-1000-500", "fake-invalid-json-stream", "fake-reset-stream",
+    "fake-usage-1000-500", "fake-invalid-json-stream", "fake-reset-stream", "fake-agent",
 )  # fmt: skip
 
 

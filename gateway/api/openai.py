@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.response import Stream
 
 from gateway.accounting.usage import month_start, quota_remaining, usage_summary
 from gateway.context import RequestContext
-from gateway.errors import error_body, to_gateway_error
+from gateway.errors import NotFoundError, error_body, to_gateway_error
 from gateway.pipeline.account import finish
 from gateway.pipeline.admit import configured_levels
-from gateway.pipeline.chat import authenticate, client_headers, run_chat
+from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, client_headers, run_chat
+from gateway.pipeline.embed import run_embeddings
+from gateway.pipeline.responses import run_responses
 from gateway.runtime import Runtime
 from gateway.schema.openai import ModelCard, ModelList
 
@@ -36,14 +39,66 @@ async def chat_completions(  # served by `hot_path.HotPath` in front of litestar
     request: Request[None, None, State],
 ) -> Response[Any]:
     """OpenAI `createChatCompletion`, non-streaming or SSE streaming."""
+    return await _serve(request, run_chat)
+
+
+@post("/v1/embeddings", status_code=200, summary="Create embeddings", request_class=Request)
+async def embeddings(request: Request[None, None, State]) -> Response[Any]:
+    """OpenAI `createEmbedding`: `float` or `base64` vectors (the openai SDK asks for base64)."""
+    return await _serve(request, run_embeddings)
+
+
+@post("/v1/responses", status_code=200, summary="Create a model response (Responses API)", request_class=Request)
+async def create_response(request: Request[None, None, State]) -> Response[Any]:
+    """OpenAI `createResponse`, non-streaming or with its typed SSE events, through the chat pipeline."""
+    return await _serve(request, run_responses)
+
+
+@get("/v1/responses/{response_id:str}", summary="Get a stored model response")
+async def get_response(request: Request[None, None, State], response_id: str) -> Response[bytes]:
+    rt = _runtime(request.app.state)
+    ctx = RequestContext(request.scope["state"]["request_id"])
+    try:
+        tenant = await authenticate(rt, request.headers.get("authorization"))
+        stored = await rt.responses.get(tenant.tenant_id, response_id)
+        if stored is None:
+            raise NotFoundError(f"Response with id '{response_id[:100]}' not found.")
+    except Exception as exc:  # noqa: BLE001  # same error boundary
+        return error_response(exc, ctx)
+    return Response(msgspec.json.encode(stored.response), media_type="application/json")
+
+
+@delete("/v1/responses/{response_id:str}", status_code=200, summary="Delete a stored model response")
+async def delete_response(request: Request[None, None, State], response_id: str) -> Response[bytes]:
+    rt = _runtime(request.app.state)
+    ctx = RequestContext(request.scope["state"]["request_id"])
+    try:
+        tenant = await authenticate(rt, request.headers.get("authorization"))
+        if not await rt.responses.delete(tenant.tenant_id, response_id):
+            raise NotFoundError(f"Response with id '{response_id[:100]}' not found.")
+    except Exception as exc:  # noqa: BLE001  # same error boundary
+        return error_response(exc, ctx)
+    body = {"id": response_id, "object": "response", "deleted": True}
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+Run: TypeAlias = Callable[[Runtime, RequestContext, Callable[[], Awaitable[bytes]], ClientHeaders], Awaitable[Reply]]
+
+
+async def _serve(request: Request[None, None, State], run: Run) -> Response[Any]:
+    """The /v1 error boundary: every failure becomes an OpenAI error, accounted like an answer."""
     rt = _runtime(request.app.state)  # not a `state` parameter: litestar copies State per request for those
     ctx = RequestContext(request.scope["state"]["request_id"])
     try:
-        reply = await run_chat(rt, ctx, request.body, client_headers(request.headers))
-    except Exception as exc:  # noqa: BLE001  # the /v1 error boundary: every failure becomes an OpenAI error, accounted
+        reply = await run(rt, ctx, request.body, client_headers(request.headers))
+    except Exception as exc:  # noqa: BLE001  # see the docstring
         response = error_response(exc, ctx)
         finish(rt, ctx)
         return response
+    return _reply_response(reply)
+
+
+def _reply_response(reply: Reply) -> Response[Any]:
     headers = {name: value for name, value in reply.headers.items() if name != "content-type"}
     if reply.frames is not None:
         return Stream(reply.frames, status_code=200, headers=headers, media_type="text/event-stream")

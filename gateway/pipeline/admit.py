@@ -50,17 +50,17 @@ def _levels(
     return levels
 
 
-def levels_for(tenant: TenantContext, request: ChatRequest) -> list[Level]:
+def levels_for(tenant: TenantContext, model: str, user: str | None) -> list[Level]:
     """Every quota level that applies: the tenant, the key used, the model called, and the end user
     named in `user` when the tenant limits end users (checked and taken together, atomically)."""
     quota, tenant_id = tenant.quota, tenant.tenant_id
     candidates: list[_Candidate] = [("tenant", tenant_id, quota, quota.mode)]
     if (key_limits := quota.keys.get(tenant.key_id)) is not None:
         candidates.append(("key", tenant.key_id, key_limits, key_limits.mode))
-    if (model_limits := quota.models.get(request.model)) is not None:
-        candidates.append(("model", request.model, model_limits, model_limits.mode))
-    if quota.end_user is not None and request.user:
-        candidates.append(("user", request.user, quota.end_user, quota.end_user.mode))
+    if (model_limits := quota.models.get(model)) is not None:
+        candidates.append(("model", model, model_limits, model_limits.mode))
+    if quota.end_user is not None and user:
+        candidates.append(("user", user, quota.end_user, quota.end_user.mode))
     return _levels(tenant_id, quota.window_s, candidates)
 
 

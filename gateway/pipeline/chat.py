@@ -128,7 +128,7 @@ async def run_chat(
     ctx.route = resolved.policy
     with ctx.timed("admit"):
         demand, allowance = demand_for(request, resolved, rt.limits, ctx.request_id)
-        reservation = await rt.limiter.reserve(levels_for(tenant, request), demand)
+        reservation = await rt.limiter.reserve(levels_for(tenant, request.model, request.user), demand)
     rt.metrics.observe_admission(tenant.tenant_id, reservation.admission)
     lookup = lookup_mode(payload, client.cache, resolved.cache)
     key = request_key(tenant.tenant_id, request.model, payload) if lookup.write else None
@@ -144,12 +144,12 @@ async def run_chat(
     try:
         if request.is_stream:
             cached = await _stored(rt, ctx, key) if lookup.read and key is not None else None
-            _count_lookup(rt, ctx, lookup, hit=cached is not None)
+            count_lookup(rt, ctx, lookup, hit=cached is not None)
             if cached is not None:
                 return _hit(job, cached, headers)
             return await _streamed(job, allowance, headers, key if lookup.write else None)
         if not lookup.read or key is None:
-            _count_lookup(rt, ctx, lookup, hit=False)
+            count_lookup(rt, ctx, lookup, hit=False)
             answered, reply = await _answered(job, headers)
             if key is not None:  # `refresh`: the client said no-cache; the fresh answer replaces the stored one
                 await _store(rt, resolved.cache, tenant.tenant_id, key, answered)
@@ -157,7 +157,7 @@ async def run_chat(
         async with contextlib.AsyncExitStack() as stack:  # leaving lets waiters fall back to their own calls
             with ctx.timed("cache"):
                 lease = await stack.enter_async_context(rt.answers.lease(tenant.tenant_id, key, resolved.cache))
-            _count_lookup(rt, ctx, lookup, hit=lease.answer is not None)
+            count_lookup(rt, ctx, lookup, hit=lease.answer is not None)
             if lease.answer is not None:
                 return _hit(job, lease.answer, headers)
             answered, reply = await _answered(job, headers)
@@ -224,7 +224,7 @@ def _queue_wait_s(tenant: TenantContext, requested_ms: str | None) -> float:
 # --- stage 4: the decision cache --------------------------------------------------------------
 
 
-def _count_lookup(rt: Runtime, ctx: RequestContext, lookup: Lookup, *, hit: bool) -> None:
+def count_lookup(rt: Runtime, ctx: RequestContext, lookup: Lookup, *, hit: bool) -> None:
     assert ctx.tenant is not None
     ctx.cache = lookup.result(hit=hit)
     rt.metrics.cache_lookups.labels(rt.metrics.bounds.tenant(ctx.tenant.tenant_id), ctx.cache).inc()

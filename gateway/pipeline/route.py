@@ -50,15 +50,20 @@ def build_routes(config: FileConfig, providers: Mapping[str, Provider]) -> dict[
     return routes
 
 
-def route(routes: dict[str, ResolvedRoute], request: ChatRequest) -> ResolvedRoute:
-    resolved = routes.get(request.model)
+def route_named(routes: dict[str, ResolvedRoute], model: str) -> ResolvedRoute:
+    resolved = routes.get(model)
     if resolved is None:
         raise NotFoundError(
-            f"The model `{request.model[:100]}` does not exist or you do not have access to it.",
+            f"The model `{model[:100]}` does not exist or you do not have access to it.",
             param="model",
             code="model_not_found",
             outcome="invalid_request",
         )
+    return resolved
+
+
+def route(routes: dict[str, ResolvedRoute], request: ChatRequest) -> ResolvedRoute:
+    resolved = route_named(routes, request.model)
     limit = request.completion_limit
     if limit is not None and limit > resolved.max_context_tokens:
         raise InvalidRequestError(

@@ -59,6 +59,12 @@ class Provider(Protocol):
         """
         ...
 
+    async def embed(self, payload: JsonObject) -> bytes:
+        """`POST /embeddings` with the client's body (`model` set by the adapter): a `CreateEmbeddingResponse`.
+
+        Raises `UpstreamStatusError` (400) when the deployment's API has no embeddings."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

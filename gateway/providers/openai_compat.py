@@ -30,8 +30,8 @@ from gateway.providers.base import (
     UpstreamStreamBrokenError,
     UpstreamTimeoutError,
 )
-from gateway.schema.openai import encoder
-from gateway.settings import OpenAIDeployment
+from gateway.schema.openai import JsonObject, encoder
+from gateway.settings import HttpDeployment
 
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 """Largest non-streaming body accepted from an upstream."""
@@ -72,9 +72,10 @@ _object_validator = msgspec.json.Decoder(_AnyObject)
 class OpenAICompatProvider:
     """A `Provider` for one `OpenAIDeployment` (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp, …)."""
 
-    def __init__(self, deployment: OpenAIDeployment, api_key: str | None) -> None:
+    def __init__(self, deployment: HttpDeployment, api_key: str | None) -> None:
         self._config = deployment
         self._url = deployment.base_url.rstrip("/") + "/chat/completions"
+        self._embeddings_url = deployment.base_url.rstrip("/") + "/embeddings"
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -112,6 +113,16 @@ class OpenAICompatProvider:
             raise UpstreamProtocolError(f"upstream body is not a JSON object: {exc}") from None
         return body
 
+    async def embed(self, payload: JsonObject) -> bytes:
+        payload = {**payload, "encoding_format": "float"}  # vectors are re-encoded for the client
+        resp = await self._send(payload, accept="application/json", url=self._embeddings_url)
+        try:
+            if not _is_json(resp.content_type):
+                raise UpstreamProtocolError(f"upstream answered with `{resp.content_type}`, not JSON")
+            return await self._read_body(resp, MAX_BODY_BYTES)
+        finally:
+            resp.close()
+
     async def stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
         payload = dict(call.payload)
         payload["stream"] = True
@@ -144,7 +155,7 @@ class OpenAICompatProvider:
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
         return self._session
 
-    async def _send(self, payload: dict[str, Any], *, accept: str) -> aiohttp.ClientResponse:
+    async def _send(self, payload: dict[str, Any], *, accept: str, url: str | None = None) -> aiohttp.ClientResponse:
         """POST the payload and return a 2xx response whose headers have arrived; raise otherwise."""
         payload["model"] = self._config.model
         body = encoder.encode(payload)
@@ -153,7 +164,7 @@ class OpenAICompatProvider:
         session = self._client()
         try:
             async with asyncio.timeout(first_byte_s):
-                resp = await session.post(self._url, data=body, headers=headers, allow_redirects=False)
+                resp = await session.post(url or self._url, data=body, headers=headers, allow_redirects=False)
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeoutError(
                 f"no connection within {self._config.timeouts.connect_s:g} s to deployment `{self.deployment}`"

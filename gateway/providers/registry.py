@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider
 from gateway.providers.openai_compat import OpenAICompatProvider
 from gateway.providers.simulator import Simulator
-from gateway.settings import FileConfig, OpenAIDeployment, SimulatorDeployment, upstream_api_key
+from gateway.settings import (
+    AnthropicDeployment,
+    FileConfig,
+    OpenAIDeployment,
+    SimulatorDeployment,
+    upstream_api_key,
+)
 
 
 def build_providers(config: FileConfig, environ: Mapping[str, str]) -> dict[str, Provider]:
@@ -15,6 +22,10 @@ def build_providers(config: FileConfig, environ: Mapping[str, str]) -> dict[str,
     for deployment in config.deployments:
         if isinstance(deployment, OpenAIDeployment):
             providers[deployment.name] = OpenAICompatProvider(deployment, upstream_api_key(deployment, environ))
+        elif isinstance(deployment, AnthropicDeployment):
+            providers[deployment.name] = AnthropicProvider(
+                deployment, upstream_api_key(deployment, environ), default_max_tokens=deployment.default_max_tokens
+            )
         elif isinstance(deployment, SimulatorDeployment):
             providers[deployment.name] = Simulator(deployment)
     return providers

@@ -17,7 +17,7 @@ import hashlib
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import tiktoken
@@ -27,7 +27,7 @@ from gateway.accounting.tokens import count_prompt, count_text
 from gateway.providers.base import UpstreamCall, UpstreamStatusError
 from gateway.routing.difficulty import judge
 from gateway.routing.features import prompt_text
-from gateway.schema.openai import ChatRequest
+from gateway.schema.openai import ChatRequest, JsonObject
 from gateway.settings import SimulatorDeployment
 
 VOCABULARY: Final = (
@@ -163,6 +163,20 @@ class _Answer(msgspec.Struct):
     completion_tokens: int
 
 
+EMBEDDING_DIMENSIONS: Final = 256
+"""Vector length when a request sets no `dimensions`."""
+
+
+def _vector(text: str, dimensions: int) -> list[float]:
+    values = []
+    for block in range((dimensions + 7) // 8):
+        digest = hashlib.blake2b(text.encode(), digest_size=16, person=f"embed/{block}".encode()).digest()
+        values += [(int.from_bytes(digest[i : i + 2], "little") / 32768.0) - 1.0 for i in range(0, 16, 2)]
+    values = values[:dimensions]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
 class Simulator:
     """A `Provider` that answers from a hash of the prompt instead of calling anything."""
 
@@ -205,6 +219,20 @@ class Simulator:
             usage=_usage(prompt_tokens, answers),
         )
         return _encoder.encode(body)
+
+    async def embed(self, payload: JsonObject) -> bytes:
+        """Deterministic unit vectors from a hash of each input (equal inputs, equal vectors)."""
+        await _sleep_ms(self._options.latency_ms)
+        inputs = payload.get("input")
+        items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) else [inputs]
+        dimensions = payload.get("dimensions") or EMBEDDING_DIMENSIONS
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(repr(item), dimensions)}
+            for i, item in enumerate(items)
+        ]
+        tokens = sum(len(item) if isinstance(item, list) else count_text(str(item)) for item in items)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return msgspec.json.encode({"object": "list", "data": data, "model": self._config.model, "usage": usage})
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
         prompt_tokens, answers = self._answer(call)
@@ -278,14 +306,15 @@ class Simulator:
         for index in range(request.n or 1):
             choice_seed = seed + index.to_bytes(2, "little")
             if tool_name is not None:
+                arguments = _tool_arguments(call, tool_name)
                 tool_call = _ToolCall(
                     id=f"call_{_hex(f'{call.request_id}/call/{index}')}",
-                    function=_Function(name=tool_name, arguments=_TOOL_ARGUMENTS),
+                    function=_Function(name=tool_name, arguments=arguments),
                 )
-                tokens_used = count_text(tool_name) + count_text(_TOOL_ARGUMENTS)
+                tokens_used = count_text(tool_name) + count_text(arguments)
                 logprobs = None
                 if top is not None:
-                    logprobs = _tool_logprobs(choice_seed, tool_name + _TOOL_ARGUMENTS, log_probability, top)
+                    logprobs = _tool_logprobs(choice_seed, tool_name + arguments, log_probability, top)
                 answers.append(_Answer([], logprobs, tool_call, "tool_calls", tokens_used))
             else:
                 wrong = not judgement.right
@@ -366,6 +395,32 @@ def _draws(seed: bytes) -> Iterator[int]:
     while True:
         yield from hashlib.blake2b(seed + block.to_bytes(4, "little")).digest()
         block += 1
+
+
+_EXAMPLE_VALUES: Final = {"string": "example", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+
+
+def _tool_arguments(call: UpstreamCall, name: str) -> str:
+    """Arguments that satisfy the tool's schema well enough to run it: an example value for each required
+    property (`{}` when the schema says nothing), so agent frameworks that validate arguments accept them."""
+    for tool in call.payload.get("tools") or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or function.get("name") != name:
+            continue
+        schema = function.get("parameters")
+        if not isinstance(schema, dict):
+            break
+        declared = schema.get("properties")
+        properties: dict[str, Any] = declared if isinstance(declared, dict) else {}
+        required = [p for p in schema.get("required") or () if isinstance(p, str)]
+        values: dict[str, Any] = {}
+        for prop in required:
+            spec = properties.get(prop)
+            kind = spec.get("type") if isinstance(spec, dict) else None
+            enum = spec.get("enum") if isinstance(spec, dict) else None
+            values[prop] = enum[0] if isinstance(enum, list) and enum else _EXAMPLE_VALUES.get(str(kind), "example")
+        return msgspec.json.encode(values).decode()
+    return _TOOL_ARGUMENTS
 
 
 def _forced_tool(call: UpstreamCall) -> str | None:

@@ -20,7 +20,7 @@ SCENARIOS = (
     "fake-ok", "fake-tools", "fake-logprobs", "fake-usage-<p>-<c>", "fake-500", "fake-503", "fake-429",
     "fake-400", "fake-401", "fake-slow", "fake-html", "fake-garbled", "fake-huge", "fake-redirect",
     "fake-broken-stream", "fake-reset-stream", "fake-error-stream", "fake-invalid-json-stream", "fake-stall-stream",
-    "fake-no-usage-stream", "fake-long-line", "fake-crlf", "fake-trickle",
+    "fake-no-usage-stream", "fake-long-line", "fake-crlf", "fake-trickle", "fake-agent",
 )  # fmt: skip
 ANSWER = "Hello from the fake upstream."
 TOOL_ARGUMENTS = '{"city": "Paris", "unit": "celsius"}'
@@ -68,6 +68,7 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         return app
 
     async def __aenter__(self) -> FakeUpstream:
@@ -83,6 +84,25 @@ class FakeUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Vectors of `fake-embed-dimensions` floats (full double precision on purpose), one per input."""
+        body = msgspec.json.decode(await request.read())
+        self.requests.append({"method": "POST", "path": request.path, "json": body, "time": time.monotonic()})
+        model = str(body.get("model", ""))
+        self.calls[model] += 1
+        if model in ERRORS:
+            status, (message, kind, param, code) = ERRORS[model]
+            error = {"message": message, "type": kind, "param": param, "code": code}
+            return web.json_response({"error": error}, status=status, dumps=_dumps)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [((i + 1) * (j + 3) % 17) / 7.0 + 1e-9 for j in range(8)]}
+            for i in range(len(inputs))
+        ]
+        tokens = sum(len(item) if isinstance(item, list) else len(str(item).split()) for item in inputs)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response({"object": "list", "data": data, "model": model, "usage": usage}, dumps=_dumps)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -233,6 +253,15 @@ def _usage_for(model: str, text: str) -> dict[str, Any]:
     }
 
 
+def _agent_calls_tool(model: str, body: dict[str, Any]) -> bool:
+    """`fake-agent` calls the first tool unless a tool result follows the last user message, then answers."""
+    if model != "fake-agent" or not body.get("tools"):
+        return False
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return not any(m.get("role") == "tool" for m in messages[last_user + 1 :])
+
+
 def _tool_name(body: dict[str, Any]) -> str:
     tools = body.get("tools") or [{}]
     return str((tools[0].get("function") or {}).get("name", "get_weather"))
@@ -256,7 +285,7 @@ def _completion(model: str, body: dict[str, Any]) -> bytes:
     text = _answer_text(body)
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
     finish, logprobs = "stop", None
-    if model == "fake-tools":
+    if model == "fake-tools" or _agent_calls_tool(model, body):
         function = {"name": _tool_name(body), "arguments": TOOL_ARGUMENTS}
         call = {"id": "call_fake1", "type": "function", "function": function}
         message.update(content=None, tool_calls=[call])
@@ -294,7 +323,7 @@ def _chunks(model: str, body: dict[str, Any], include_usage: bool) -> list[bytes
         return msgspec.json.encode({**_HEAD, "model": model, "choices": [choice], **extra})
 
     chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    if model == "fake-tools":
+    if model == "fake-tools" or _agent_calls_tool(model, body):
         function = {"name": _tool_name(body), "arguments": ""}
         start = {"index": 0, "id": "call_fake1", "type": "function", "function": function}
         chunks[0] = chunk({"role": "assistant", "content": None, "tool_calls": [start]})

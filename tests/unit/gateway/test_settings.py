@@ -32,7 +32,7 @@ DOCS = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
 
 def test_example_config_serves_simulator_models_small_large_and_a_cached_cascade() -> None:
     config = load_file_config(EXAMPLE_CONFIG)
-    assert {m.name for m in config.models} == {"small", "large", "auto"}
+    assert {m.name for m in config.models} == {"small", "large", "auto", "embed"}
     auto = next(m for m in config.models if m.name == "auto")
     assert isinstance(auto.route, CascadeRoute) and (auto.route.small, auto.route.large) == ("sim-small", "sim-large")
     assert auto.cache.enabled

@@ -138,4 +138,4 @@ async def test_a_tool_call_carries_logprobs_for_its_tokens_when_asked() -> None:
 def test_example_config_gives_sim_large_the_large_tier() -> None:
     config = load_file_config(EXAMPLE_CONFIG)
     tiers = {d.name: d.simulator.tier for d in config.deployments if isinstance(d, SimulatorDeployment)}
-    assert tiers == {"sim-small": "small", "sim-large": "large"}
+    assert (tiers["sim-small"], tiers["sim-large"]) == ("small", "large")
