@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 import uuid
 from typing import Any, Final
 
@@ -29,6 +30,14 @@ class StoredResponse(msgspec.Struct, frozen=True, kw_only=True):
     """The conversation's input items up to and including this turn's (not its output)."""
 
 
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+
+def is_response_id(value: str) -> bool:
+    """Ids this store can hold (`resp_…`); anything else is simply not found, without a query."""
+    return _ID.match(value) is not None
+
+
 class ResponseStore:
     def __init__(self, pool: asyncpg.Pool, *, retention: dt.timedelta) -> None:
         self._pool = pool
@@ -39,9 +48,9 @@ class ResponseStore:
         try:
             await self._pool.execute(
                 "INSERT INTO stored_responses (id, tenant_id, created_at, expires_at, input_items, response)"
-                " VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)",
+                " VALUES ($1, $2, $3, $4, $5, $6)",
                 response["id"], uuid.UUID(tenant_id), now, now + self._retention,
-                msgspec.json.encode(input_items).decode(), msgspec.json.encode(response).decode(),
+                msgspec.json.encode(input_items), msgspec.json.encode(response),
             )  # fmt: skip
         except _ERRORS as exc:
             raise ServiceUnavailableError(
@@ -49,30 +58,30 @@ class ResponseStore:
             ) from exc
 
     async def get(self, tenant_id: str, response_id: str) -> StoredResponse | None:
+        if not is_response_id(response_id):
+            return None
         try:
             row = await self._pool.fetchrow(
-                "SELECT input_items::text, response::text FROM stored_responses"
+                "SELECT input_items, response FROM stored_responses"
                 " WHERE id = $1 AND tenant_id = $2 AND expires_at > now()",
                 response_id, uuid.UUID(tenant_id),
             )  # fmt: skip
         except _ERRORS as exc:
-            raise ServiceUnavailableError(
-                "Stored responses are unavailable; retry.", headers={"retry-after": "1"}
-            ) from exc
+            raise _unavailable() from exc
         if row is None:
             return None
         return StoredResponse(input_items=msgspec.json.decode(row[0]), response=msgspec.json.decode(row[1]))
 
     async def delete(self, tenant_id: str, response_id: str) -> bool:
+        if not is_response_id(response_id):
+            return False
         try:
             status = await self._pool.execute(
                 "DELETE FROM stored_responses WHERE id = $1 AND tenant_id = $2 AND expires_at > now()",
                 response_id, uuid.UUID(tenant_id),
             )  # fmt: skip
         except _ERRORS as exc:
-            raise ServiceUnavailableError(
-                "Stored responses are unavailable; retry.", headers={"retry-after": "1"}
-            ) from exc
+            raise _unavailable() from exc
         return bool(status == "DELETE 1")
 
     async def run_purge(self, every_s: float = 300.0) -> None:

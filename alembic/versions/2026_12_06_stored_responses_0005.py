@@ -1,8 +1,9 @@
 """Stored Responses-API responses, tenant-scoped, for `previous_response_id`, `GET` and `DELETE`.
 
 Each row keeps the conversation's input items up to and including its own turn (`input_items`) and the
-response object, so a continuation reads one row. Rows expire (`expires_at`, the retention setting) and are
-deleted in small batches by the gateway; `GET` never serves an expired row.
+response object, so a continuation reads one row. Both are JSON bytes (`bytea`, not `jsonb`: nothing queries
+inside them, and `jsonb` refuses the `\u0000` a client may legitimately send). Rows expire (`expires_at`, the
+retention setting) and are deleted in small batches by the gateway; `GET` never serves an expired row.
 
 Revision ID: 0005
 Revises: 0004
@@ -26,8 +27,8 @@ def upgrade() -> None:
             tenant_id uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
             created_at timestamptz NOT NULL DEFAULT now(),
             expires_at timestamptz NOT NULL,
-            input_items jsonb NOT NULL,
-            response jsonb NOT NULL
+            input_items bytea NOT NULL,
+            response bytea NOT NULL
         )
     """)
     op.execute("CREATE INDEX stored_responses_tenant_idx ON stored_responses (tenant_id, created_at)")

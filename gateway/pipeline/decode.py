@@ -84,18 +84,31 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
         raise InvalidRequestError("We could not parse the JSON body of your request.") from None
 
 
-def decode_chat(body: bytes, limits: Limits) -> tuple[ChatRequest, JsonObject]:
+def decode_object(body: bytes) -> JsonObject:
+    """Any endpoint's body as a JSON object, under the same input limits as chat: parse errors, deep nesting,
+    huge integers, invalid UTF-8 and routing-override fields are 400s, never exceptions further in."""
     if not body:
         raise InvalidRequestError("The request body is empty; send a JSON object.")
-    request: ChatRequest = _decode(chat_request_decoder, body)
-    _check_request(request, limits)
     payload: JsonObject = _decode(json_object_decoder, body)
     for field in _ROUTING_OVERRIDES:
         if field in payload:
             raise InvalidRequestError(f"`{field}` cannot be set by clients of this gateway.", param=field)
     for field, value in payload.items():
         _check_value(field, value)
-    return request, payload
+    return payload
+
+
+def decode_typed(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
+    """`body` through a typed decoder, failures as 400s naming the field."""
+    return _decode(decoder, body)
+
+
+def decode_chat(body: bytes, limits: Limits) -> tuple[ChatRequest, JsonObject]:
+    if not body:
+        raise InvalidRequestError("The request body is empty; send a JSON object.")
+    request: ChatRequest = _decode(chat_request_decoder, body)
+    _check_request(request, limits)
+    return request, decode_object(body)
 
 
 def prompt_text(request: ChatRequest) -> str:

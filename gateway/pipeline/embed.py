@@ -26,6 +26,7 @@ from gateway.errors import InvalidRequestError, ServiceUnavailableError
 from gateway.pipeline.account import Spent, charge, finish, spent_on
 from gateway.pipeline.admit import levels_for
 from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, count_lookup
+from gateway.pipeline.decode import decode_object, decode_typed
 from gateway.pipeline.dispatch import moves_on
 from gateway.pipeline.route import route_named
 from gateway.providers.base import UpstreamError, UpstreamProtocolError
@@ -134,21 +135,10 @@ async def _answer(
 
 
 def _decode(raw: bytes) -> tuple[EmbeddingRequest, dict[str, object], int]:
-    """The validated request, the body to forward, and its input tokens (token-id inputs count one each).
-    The body size was checked by the input-limits middleware."""
-    try:
-        request = request_decoder.decode(raw)
-        payload = msgspec.json.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequestError(f"Invalid request: {exc}", param=_param(str(exc))) from None
-    except msgspec.DecodeError:
-        raise InvalidRequestError("The request body is not valid JSON.") from None
+    """The validated request, the body to forward, and its input tokens (token-id inputs count one each)."""
+    payload = decode_object(raw)  # the input limits first: a typed decode of a 10^5-deep body would recurse
+    request: EmbeddingRequest = decode_typed(request_decoder, raw)
     return request, payload, _count_inputs(request.input)
-
-
-def _param(message: str) -> str | None:
-    _, sep, where = message.rpartition(" - at `$.")
-    return where.rstrip("`").split(".")[0].split("[")[0] if sep else None
 
 
 def _count_inputs(value: object) -> int:

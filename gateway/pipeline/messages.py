@@ -20,6 +20,7 @@ from gateway.adapters.messages_over_chat import MessagesStream, TranslationError
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.chat import ClientHeaders, Reply, run_chat
+from gateway.pipeline.decode import decode_object
 from gateway.pipeline.stream import DONE_FRAME
 from gateway.runtime import Runtime
 
@@ -39,12 +40,7 @@ async def run_messages(
     rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders
 ) -> Reply:
     async def chat_body() -> bytes:
-        try:
-            body = msgspec.json.decode(await read_body())
-        except msgspec.DecodeError:
-            raise InvalidRequestError("The request body is not valid JSON.") from None
-        if not isinstance(body, dict):
-            raise InvalidRequestError("The request body must be a JSON object.")
+        body = decode_object(await read_body())
         try:
             return msgspec.json.encode(to_chat(body))
         except TranslationError as exc:

@@ -28,6 +28,7 @@ from gateway.adapters.responses_over_chat import (
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, run_chat
+from gateway.pipeline.decode import decode_object
 from gateway.pipeline.stream import DONE_FRAME
 from gateway.runtime import Runtime
 
@@ -83,12 +84,7 @@ async def run_responses(
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise InvalidRequestError("The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise InvalidRequestError("The request body must be a JSON object.")
+    body = decode_object(raw)
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequestError("`model` is required.", param="model")
     if "input" not in body and body.get("previous_response_id") is None:

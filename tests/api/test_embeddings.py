@@ -127,7 +127,7 @@ async def test_token_id_inputs_are_counted_one_token_each(embedder: Gateway, fak
         ({"model": "embed", "input": [[]]}, 400, "input"),
         ({"model": "embed", "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
         ({"model": "embed", "input": "x", "dimensions": 0}, 400, "dimensions"),
-        ({"model": "embed"}, 400, None),
+        ({"model": "embed"}, 400, "input"),
         ({"model": "nope", "input": "x"}, 404, "model"),
         ({"model": "cascade", "input": "x"}, 400, "model"),
     ],
