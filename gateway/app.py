@@ -29,7 +29,7 @@ from gateway.accounting.spend import LedgerSpend
 from gateway.accounting.spool import Spool
 from gateway.accounting.tokens import warm_up
 from gateway.api.admin import admin_router
-from gateway.api.anthropic import create_message
+from gateway.api.anthropic import count_message_tokens, create_message
 from gateway.api.hot_path import HotPath
 from gateway.api.middleware import InputLimitsMiddleware, RequestIdMiddleware
 from gateway.api.openai import (
@@ -171,6 +171,7 @@ def create_app(
             get_response,
             delete_response,
             create_message,
+            count_message_tokens,
             list_models,
             own_usage,
             admin_router,

@@ -16,13 +16,15 @@ from typing import Final
 
 import msgspec
 
+from gateway.accounting.tokens import count_prompt
 from gateway.adapters.messages_over_chat import MessagesStream, TranslationError, from_chat, to_chat
 from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
-from gateway.pipeline.chat import ClientHeaders, Reply, run_chat
-from gateway.pipeline.decode import decode_object
+from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, run_chat
+from gateway.pipeline.decode import decode_object, decode_typed
 from gateway.pipeline.stream import DONE_FRAME
 from gateway.runtime import Runtime
+from gateway.schema.openai import chat_request_decoder
 
 _SSE_DATA: Final = b"data: "
 _DURATION: Final = re.compile(r"^(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
@@ -55,6 +57,19 @@ async def run_messages(
         return Reply(body=msgspec.json.encode(message), headers={**headers, "content-type": "application/json"})
     frames = _translated(reply.frames, MessagesStream(model, message_id))
     return Reply(frames=frames, headers={**headers, "content-type": "text/event-stream"})
+
+
+async def count_tokens(rt: Runtime, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders) -> dict[str, int]:
+    """`POST /v1/messages/count_tokens`: the prompt's tokens as the gateway counts them for admission
+    (tiktoken over the translated messages); free, like Anthropic's, and never sent upstream."""
+    await authenticate(rt, client.authorization)
+    body = decode_object(await read_body())
+    try:
+        chat = to_chat({**body, "max_tokens": body.get("max_tokens", 1)})
+    except TranslationError as exc:
+        raise InvalidRequestError(str(exc), param=exc.param) from None
+    request = decode_typed(chat_request_decoder, msgspec.json.encode(chat))
+    return {"input_tokens": count_prompt(request)}
 
 
 def anthropic_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -144,3 +144,19 @@ async def test_errors_are_in_anthropics_shape_with_its_rate_limit_headers(both: 
         "error": {"type": "authentication_error", "message": unauthorised.json()["error"]["message"]},
     }
     assert bad.status_code in (400, 429)
+
+
+async def test_count_tokens_counts_without_calling_or_charging(both: Gateway, fake: FakeUpstream) -> None:
+    _, key = await both.tenant_key(rpm=1)
+    before = sum(fake.calls.values())
+    async with _client(both, key) as client:
+        short = await client.messages.count_tokens(model="small", messages=[{"role": "user", "content": "Hi"}])
+        longer = await client.messages.count_tokens(
+            model="small", system="Be brief.", messages=[{"role": "user", "content": "Hi " * 50}]
+        )
+        assert 0 < short.input_tokens < longer.input_tokens
+        await client.messages.create(model="small", max_tokens=8, messages=[{"role": "user", "content": "Hi"}])
+    assert sum(fake.calls.values()) == before, "counted locally, never sent upstream"
+    async with httpx.AsyncClient(base_url=both.base) as http:
+        refused = await http.post("/v1/messages/count_tokens", json={"model": "small", "messages": []})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
