@@ -7,6 +7,10 @@ Each deployment has a `tier` whose hidden-difficulty model (`gateway.routing.dif
 prompt text alone, whether it answers right: a right answer is the prompt's reference answer
 (`reference_answer`), a wrong one differs in every token, and the logprobs are a noisy, monotone readout of how
 sure the tier is, so a cascade can compute its confidence from the wire (docs/routing.md).
+
+With tools offered, it behaves like an agent's model: it calls the tool `tool_choice` names (the first for
+`required`), and under `auto` calls the first tool until a tool result follows the last user message, then
+answers in text; `none` never calls one.
 """
 
 from __future__ import annotations
@@ -297,7 +301,7 @@ class Simulator:
             )
         length = min(self._options.completion_tokens, limit or window - prompt_tokens)
         finish: FinishReason = "length" if length < self._options.completion_tokens else "stop"
-        tool_name = _forced_tool(call)
+        tool_name = _tool_to_call(call)
         top = (request.top_logprobs or 0) if request.logprobs else None
         seed = _seed(request)
         judgement = judge(prompt_text(request.messages), self._options.tier)
@@ -423,8 +427,10 @@ def _tool_arguments(call: UpstreamCall, name: str) -> str:
     return _TOOL_ARGUMENTS
 
 
-def _forced_tool(call: UpstreamCall) -> str | None:
-    """The function the request forces (`tool_choice` `required` or a named function), if any."""
+def _tool_to_call(call: UpstreamCall) -> str | None:
+    """The function to call, if any: the one `tool_choice` forces (`required`: the first); with `auto` (or no
+    choice), the first tool while no tool result follows the last user message — an agent's turn: call, then
+    answer from the result."""
     names = _tool_names(call.request)
     if not names:
         return None
@@ -438,7 +444,16 @@ def _forced_tool(call: UpstreamCall) -> str | None:
             return name
     if isinstance(choice, str) and choice in names:
         return choice
+    if choice in (None, "auto") and not _answered_by_tool(call.request):
+        return names[0]
     return None
+
+
+def _answered_by_tool(request: ChatRequest) -> bool:
+    """Whether a tool result follows the last user message."""
+    roles = [message.role for message in request.messages]
+    last_user = max((i for i, role in enumerate(roles) if role == "user"), default=-1)
+    return "tool" in roles[last_user + 1 :]
 
 
 def _tool_names(request: ChatRequest) -> list[str]:

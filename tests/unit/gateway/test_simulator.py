@@ -170,10 +170,28 @@ async def test_simulator_answers_with_a_tool_call_when_one_is_forced(tool_choice
     assert body["usage"]["completion_tokens"] == count_text(name) + count_text("{}")
 
 
-async def test_simulator_answers_with_text_when_tool_choice_is_auto() -> None:
-    body = await complete(make_simulator(), make_call(tools=TOOLS, tool_choice="auto"))
+@pytest.mark.parametrize("tool_choice", ["auto", None], ids=["auto", "unset"])
+async def test_simulator_under_auto_calls_the_first_tool_then_answers_from_its_result(tool_choice: str | None) -> None:
+    choice = {"tool_choice": tool_choice} if tool_choice else {}
+    first = await complete(make_simulator(), make_call(tools=TOOLS, **choice))
+    assert first["choices"][0]["finish_reason"] == "tool_calls"
+    call = first["choices"][0]["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather"
+    messages = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny"},
+    ]
+    payload = {"model": "small", "messages": messages, "tools": TOOLS, **choice}
+    request = chat_request_decoder.decode(msgspec.json.encode(payload))
+    answer = await complete(make_simulator(), UpstreamCall(request=request, payload=payload, request_id="req-2"))
+    assert answer["choices"][0]["finish_reason"] == "stop"
+    assert "tool_calls" not in answer["choices"][0]["message"]
+
+
+async def test_simulator_never_calls_a_tool_when_tool_choice_is_none() -> None:
+    body = await complete(make_simulator(), make_call(tools=TOOLS, tool_choice="none"))
     assert body["choices"][0]["finish_reason"] == "stop"
-    assert "tool_calls" not in body["choices"][0]["message"]
 
 
 async def test_simulator_stream_assembles_to_the_non_streaming_text() -> None:
