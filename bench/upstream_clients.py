@@ -107,7 +107,7 @@ def _is_object(body: bytes) -> bool:
 async def _aiohttp_send(url: str) -> AsyncIterator[Send]:
     import aiohttp
 
-    # As gateway/providers/openai_compat.py configures its per-deployment session.
+    # As gateway/providers/http_transport.py configures its per-deployment session.
     connector = aiohttp.TCPConnector(limit=POOL_SIZE, ttl_dns_cache=300, keepalive_timeout=30)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

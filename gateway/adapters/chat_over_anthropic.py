@@ -37,13 +37,12 @@ from typing import Any, Final
 
 import msgspec
 
-from gateway.adapters.messages_over_chat import (  # the value checks are shared, so are their errors
+from gateway.adapters.messages_over_chat import tool_input, tool_use_id
+from gateway.adapters.messages_over_chat.checks import (  # the value checks are shared, so are their errors
     UnsupportedFeatureError,
-    _array,
-    _object,
-    _string,
-    tool_input,
-    tool_use_id,
+    as_array,
+    as_object,
+    as_string,
 )
 from gateway.schema.openai import JsonObject
 
@@ -90,7 +89,7 @@ class _AnthropicUsage(msgspec.Struct):
 def to_messages(payload: JsonObject, model: str, default_max_tokens: int) -> JsonObject:
     """The Messages request asking what the chat request `payload` asks, for `model` (see the module docstring)."""
     _refuse_unsupported(payload)
-    system, turns = _turns(_array(payload.get("messages"), "messages"))
+    system, turns = _turns(as_array(payload.get("messages"), "messages"))
     limit = payload.get("max_completion_tokens") or payload.get("max_tokens") or default_max_tokens
     body: JsonObject = {"model": model, "max_tokens": limit, "messages": turns}
     if system:
@@ -107,7 +106,7 @@ def to_messages(payload: JsonObject, model: str, default_max_tokens: int) -> Jso
     if user:
         body["metadata"] = {"user_id": user}
     if payload.get("tools"):
-        body["tools"] = _anthropic_tools(_array(payload["tools"], "tools"))
+        body["tools"] = _anthropic_tools(as_array(payload["tools"], "tools"))
         choice = _anthropic_tool_choice(payload.get("tool_choice"), payload.get("parallel_tool_calls"))
         if choice is not None:
             body["tool_choice"] = choice
@@ -125,7 +124,7 @@ def _refuse_unsupported(payload: JsonObject) -> None:
     if payload.get("logprobs") or payload.get("top_logprobs"):
         raise UnsupportedFeatureError("logprobs", "Anthropic deployments report no logprobs")
     response_format = payload.get("response_format")
-    if response_format is not None and _object(response_format, "response_format").get("type") != "text":
+    if response_format is not None and as_object(response_format, "response_format").get("type") != "text":
         raise UnsupportedFeatureError("response_format", "JSON response formats are not supported by Anthropic")
 
 
@@ -135,7 +134,7 @@ def _turns(messages: list[Any]) -> tuple[list[JsonObject], list[JsonObject]]:
     turns: list[JsonObject] = []
     for i, item in enumerate(messages):
         param = f"messages[{i}]"
-        message = _object(item, param)
+        message = as_object(item, param)
         role = message.get("role")
         if role in ("system", "developer"):
             system.extend(_text_blocks(message.get("content"), f"{param}.content"))
@@ -163,7 +162,7 @@ def _text_blocks(content: Any, param: str) -> list[JsonObject]:
         if part.get("type") not in ("text", "refusal"):
             raise UnsupportedFeatureError(f"{param}[{j}].type", "only text parts are supported here")
         text = part.get("text") if part["type"] == "text" else part.get("refusal")
-        if _string(text, f"{param}[{j}]"):
+        if as_string(text, f"{param}[{j}]"):
             blocks.append({"type": "text", "text": text})
     return blocks
 
@@ -184,7 +183,7 @@ def _user_blocks(content: Any, param: str) -> list[JsonObject]:
 def _image_block(part: JsonObject, param: str) -> JsonObject:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
-    url = _string(url, f"{param}.image_url.url")
+    url = as_string(url, f"{param}.image_url.url")
     header, comma, data = url.partition(",")
     if url.startswith("data:") and comma and header.endswith(";base64"):
         media_type = header.removeprefix("data:").removesuffix(";base64")
@@ -198,17 +197,17 @@ def _assistant_blocks(message: JsonObject, param: str) -> list[JsonObject]:
     if isinstance(refusal, str) and refusal:
         blocks.append({"type": "text", "text": refusal})
     calls = message.get("tool_calls") or []
-    for j, item in enumerate(_array(calls, f"{param}.tool_calls")):
-        call = _object(item, f"{param}.tool_calls[{j}]")
-        function = _object(call.get("function"), f"{param}.tool_calls[{j}].function")
-        name = _string(function.get("name"), f"{param}.tool_calls[{j}].function.name")
+    for j, item in enumerate(as_array(calls, f"{param}.tool_calls")):
+        call = as_object(item, f"{param}.tool_calls[{j}]")
+        function = as_object(call.get("function"), f"{param}.tool_calls[{j}].function")
+        name = as_string(function.get("name"), f"{param}.tool_calls[{j}].function.name")
         call_id = tool_use_id(call.get("id"), f"{param}_{j}")
         blocks.append({"type": "tool_use", "id": call_id, "name": name, "input": tool_input(function.get("arguments"))})
     return blocks
 
 
 def _tool_result(message: JsonObject, param: str) -> JsonObject:
-    call_id = _string(message.get("tool_call_id"), f"{param}.tool_call_id")
+    call_id = as_string(message.get("tool_call_id"), f"{param}.tool_call_id")
     block: JsonObject = {"type": "tool_result", "tool_use_id": tool_use_id(call_id, call_id)}
     content = _text_blocks(message.get("content"), f"{param}.content")
     if content:
@@ -219,12 +218,12 @@ def _tool_result(message: JsonObject, param: str) -> JsonObject:
 def _anthropic_tools(tools: list[Any]) -> list[JsonObject]:
     anthropic: list[JsonObject] = []
     for i, item in enumerate(tools):
-        tool = _object(item, f"tools[{i}]")
+        tool = as_object(item, f"tools[{i}]")
         if tool.get("type") != "function":
             raise UnsupportedFeatureError(f"tools[{i}].type", "only function tools are supported by Anthropic")
-        function = _object(tool.get("function"), f"tools[{i}].function")
+        function = as_object(tool.get("function"), f"tools[{i}].function")
         schema = function.get("parameters") or {"type": "object", "properties": {}}
-        converted: JsonObject = {"name": _string(function.get("name"), f"tools[{i}].function.name")}
+        converted: JsonObject = {"name": as_string(function.get("name"), f"tools[{i}].function.name")}
         if function.get("description"):
             converted["description"] = function["description"]
         converted["input_schema"] = schema
@@ -241,8 +240,8 @@ def _anthropic_tool_choice(choice: Any, parallel_tool_calls: Any) -> JsonObject 
     elif choice == "none":
         return {"type": "none"}  # takes no `disable_parallel_tool_use`
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        function = _object(choice.get("function"), "tool_choice.function")
-        converted = {"type": "tool", "name": _string(function.get("name"), "tool_choice.function.name")}
+        function = as_object(choice.get("function"), "tool_choice.function")
+        converted = {"type": "tool", "name": as_string(function.get("name"), "tool_choice.function.name")}
     else:
         raise UnsupportedFeatureError("tool_choice", "only `auto`, `required`, `none` or a named function")
     if converted is not None and parallel_tool_calls is False:
@@ -441,9 +440,9 @@ def _parts(content: Any, param: str) -> list[JsonObject]:
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
-    parts = _array(content, param)
+    parts = as_array(content, param)
     for j, part in enumerate(parts):
-        _object(part, f"{param}[{j}]")
+        as_object(part, f"{param}[{j}]")
     return parts
 
 

@@ -1,20 +1,18 @@
 """The adapter for upstreams that speak Anthropic's Messages API: the chat call translated out and back.
 
-The transport is `OpenAICompatProvider`'s — pooled session, `connect_s`/`first_byte_s`/`idle_s` deadlines,
-bounded reads and SSE lines, statuses and transport failures as `UpstreamError`s — so this module adds only
-the endpoint (`{base_url}/messages`), Anthropic's headers and the translation in
-`gateway.adapters.chat_over_anthropic`. A stream ends normally only at Anthropic's `message_stop`.
+The transport is an `HttpTransport` (`gateway.providers.http_transport`) — pooled session, `connect_s`/
+`first_byte_s`/`idle_s` deadlines, bounded reads and SSE lines, statuses and transport failures as
+`UpstreamError`s — so this module adds only the endpoint (`{base_url}/messages`), Anthropic's headers and the
+translation in `gateway.adapters.chat_over_anthropic`. A stream ends normally only at Anthropic's `message_stop`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Final
 
-import aiohttp
 import msgspec
 
 from gateway.adapters.chat_over_anthropic import (
@@ -30,7 +28,7 @@ from gateway.providers.base import (
     UpstreamStatusError,
     UpstreamStreamBrokenError,
 )
-from gateway.providers.openai_compat import MAX_BODY_BYTES, OpenAICompatProvider, _EventFraming, _is_json
+from gateway.providers.http_transport import HttpTransport
 from gateway.schema.openai import JsonObject, encoder, json_object_decoder
 from gateway.settings import HttpDeployment
 
@@ -40,25 +38,31 @@ DEFAULT_MAX_TOKENS: Final = 4096
 """Completion limit sent when the client set none (Anthropic requires one)."""
 
 
-class AnthropicProvider(OpenAICompatProvider):
-    """A `Provider` for one Anthropic Messages deployment (`base_url` like `https://api.anthropic.com/v1`).
-
-    Subclassed only for the transport; `complete` and `stream` are its own.
-    """
+class AnthropicProvider:
+    """A `Provider` for one Anthropic Messages deployment (`base_url` like `https://api.anthropic.com/v1`)."""
 
     def __init__(
         self, deployment: HttpDeployment, api_key: str | None, *, default_max_tokens: int = DEFAULT_MAX_TOKENS
     ) -> None:
-        super().__init__(deployment, None)
+        self._config = deployment
         self._url = deployment.base_url.rstrip("/") + "/messages"
-        self._headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+        headers = {"Content-Type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
         if api_key:
-            self._headers["x-api-key"] = api_key
+            headers["x-api-key"] = api_key
+        self._transport = HttpTransport(deployment, headers)
         self._default_max_tokens = default_max_tokens
+
+    @property
+    def deployment(self) -> str:
+        return self._config.name
 
     @property
     def kind(self) -> str:
         return "anthropic"
+
+    @property
+    def model(self) -> str:
+        return self._config.model
 
     async def embed(self, payload: JsonObject) -> bytes:
         raise UpstreamStatusError(
@@ -68,13 +72,8 @@ class AnthropicProvider(OpenAICompatProvider):
     async def complete(self, call: UpstreamCall) -> bytes:
         body = self._messages_request(call)
         body.pop("stream", None)
-        resp = await self._send(body, accept="application/json")
-        try:
-            if not _is_json(resp.content_type):
-                raise UpstreamProtocolError(f"upstream answered with `{resp.content_type}`, not JSON")
-            raw = await self._read_body(resp, MAX_BODY_BYTES)
-        finally:
-            resp.close()
+        async with self._transport.post(self._url, body, accept="application/json") as resp:
+            raw = await self._transport.read_json(resp)
         message = _decoded(raw)
         if message.get("type") != "message":
             raise UpstreamProtocolError("upstream body is not an Anthropic `message`")
@@ -87,22 +86,22 @@ class AnthropicProvider(OpenAICompatProvider):
     async def stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
         body = self._messages_request(call)
         body["stream"] = True
-        resp = await self._send(body, accept="text/event-stream")
-        try:
-            if resp.content_type != "text/event-stream":
-                raise UpstreamProtocolError(f"upstream answered a stream with `{resp.content_type}`")
+        async with self._transport.post(self._url, body, accept="text/event-stream") as resp:
             chunks = ChunksFromEvents(model=self.model, created=int(time.time()))
-            async with contextlib.aclosing(self._payloads(resp)) as payloads:
+            # No `[DONE]` in Anthropic streams: reading stops here, at `message_stop`.
+            payloads = self._transport.events(resp, last_event="message_stop")
+            async with contextlib.aclosing(payloads):
                 async for payload in payloads:
                     for chunk in _translated(chunks, payload):
                         yield encoder.encode(chunk)
                     if chunks.done:
                         return
-        finally:
-            # Also reached when the consumer stops early: a half-read connection must not be pooled.
-            resp.close()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
 
     def _messages_request(self, call: UpstreamCall) -> JsonObject:
+        """The Messages body for the chat call; `model` is the deployment's."""
         try:
             return to_messages(call.payload, self.model, self._default_max_tokens)
         except TranslationError as exc:
@@ -110,28 +109,6 @@ class AnthropicProvider(OpenAICompatProvider):
             raise UpstreamStatusError(
                 f"deployment `{self.deployment}` cannot take `{exc.param}`: {exc.message}", status=400
             ) from None
-
-    async def _payloads(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
-        """The SSE `data:` payloads, until the consumer stops; the body ending first is a broken stream.
-
-        Unlike chat streams there is no `[DONE]`: the caller stops at `message_stop`.
-        """
-        loop = asyncio.get_running_loop()
-        idle_s = self._config.timeouts.idle_s
-        framing = _EventFraming()
-        deadline = loop.time() + idle_s
-        while True:
-            chunk = await self._read_chunk(resp, deadline)
-            if not chunk:
-                raise UpstreamStreamBrokenError(
-                    f"deployment `{self.deployment}` ended its stream before `message_stop`"
-                )
-            lines = framing.lines
-            for payload in framing.feed(chunk):
-                yield payload
-            if framing.lines != lines:
-                # Restarted after the consumer has taken the payloads: a slow client is not a slow upstream.
-                deadline = loop.time() + idle_s
 
 
 def _decoded(raw: bytes) -> JsonObject:

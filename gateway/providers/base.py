@@ -30,7 +30,8 @@ class UpstreamCall(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Provider(Protocol):
-    """One upstream deployment. Implementations: `openai_compat.OpenAICompatProvider`, `simulator.Simulator`."""
+    """One upstream deployment. Implementations: `openai_compat.OpenAICompatProvider`,
+    `anthropic.AnthropicProvider`, `simulator.Simulator`."""
 
     @property
     def deployment(self) -> str:

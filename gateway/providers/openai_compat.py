@@ -1,69 +1,28 @@
-"""The adapter for OpenAI-compatible upstreams: one pooled aiohttp session per deployment, bounded reads.
+"""The adapter for OpenAI-compatible upstreams: the chat call and embeddings passed through, byte for byte.
 
-Every transport failure leaves this module as an `UpstreamError`; nothing here trusts the upstream's sizes,
-framing or pace (RELIABILITY T15-T17).
-
-Deadlines: `connect_s` to open a connection; `first_byte_s` until response headers; then `idle_s` for the
-rest of a plain body, and for a stream `idle_s` between complete SSE lines (comments count, so keep-alives
-work) - progress, not bytes, so an upstream trickling a byte at a time cannot hold a call open.
+The transport is an `HttpTransport` (`gateway.providers.http_transport`) — pooled session, `connect_s`/
+`first_byte_s`/`idle_s` deadlines, bounded reads and SSE lines, statuses and transport failures as
+`UpstreamError`s — so this module adds only the endpoints (`{base_url}/chat/completions`, `{base_url}/embeddings`),
+the bearer key, the deployment's `model`, and a check that a plain answer is one JSON object. A stream ends
+normally only at `[DONE]`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import math
-import os
-import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Final
+from collections.abc import AsyncIterator
 
-import aiohttp
 import msgspec
 
-from gateway.providers.base import (
-    UpstreamCall,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamStatusError,
-    UpstreamStreamBrokenError,
-    UpstreamTimeoutError,
-)
-from gateway.schema.openai import JsonObject, encoder
+from gateway.providers.base import UpstreamCall, UpstreamProtocolError
+from gateway.providers.http_transport import HttpTransport
+from gateway.schema.openai import JsonObject
 from gateway.settings import HttpDeployment
-
-MAX_BODY_BYTES: Final = 16 * 1024 * 1024
-"""Largest non-streaming body accepted from an upstream."""
-MAX_LINE_BYTES: Final = 1024 * 1024
-"""Largest single SSE line accepted from an upstream."""
-_MAX_ERROR_BODY_BYTES: Final = 64 * 1024
-_MAX_MESSAGE_CHARS: Final = 500
-_READ_SIZE: Final = 64 * 1024
-
-
-class _ErrorDetail(msgspec.Struct):
-    message: str | None = None
-
-
-class _ErrorEnvelope(msgspec.Struct):
-    """An OpenAI error body, read leniently: `error` may be an object or a bare string."""
-
-    error: _ErrorDetail | str | None = None
-
-
-class _Event(msgspec.Struct):
-    """A stream event decoded only far enough to validate it and see an `error` key."""
-
-    error: Any = None
 
 
 class _AnyObject(msgspec.Struct):
     pass
 
 
-_error_decoder = msgspec.json.Decoder(_ErrorEnvelope)
-_event_decoder = msgspec.json.Decoder(_Event)
 # Decoding into a field-less Struct validates the whole document and that it is an object without
 # materialising it; the pipeline decodes the parts it needs itself.
 _object_validator = msgspec.json.Decoder(_AnyObject)
@@ -76,10 +35,10 @@ class OpenAICompatProvider:
         self._config = deployment
         self._url = deployment.base_url.rstrip("/") + "/chat/completions"
         self._embeddings_url = deployment.base_url.rstrip("/") + "/embeddings"
-        self._headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
         if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._session: aiohttp.ClientSession | None = None
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._transport = HttpTransport(deployment, headers)
 
     @property
     def deployment(self) -> str:
@@ -99,14 +58,9 @@ class OpenAICompatProvider:
             # The caller asked for one JSON body; an upstream told to stream would send SSE instead.
             payload["stream"] = False
             payload.pop("stream_options", None)
-        resp = await self._send(payload, accept="application/json")
-        try:
-            if not _is_json(resp.content_type):
-                raise UpstreamProtocolError(f"upstream answered with `{resp.content_type}`, not JSON")
-            body = await self._read_body(resp, MAX_BODY_BYTES)
-        finally:
-            # A fully read response has already gone back to the pool; anything else is dropped.
-            resp.close()
+        payload["model"] = self._config.model
+        async with self._transport.post(self._url, payload, accept="application/json") as resp:
+            body = await self._transport.read_json(resp)
         try:
             _object_validator.decode(body)
         except msgspec.DecodeError as exc:
@@ -115,277 +69,17 @@ class OpenAICompatProvider:
 
     async def embed(self, payload: JsonObject) -> bytes:
         payload = {**payload, "encoding_format": "float"}  # vectors are re-encoded for the client
-        resp = await self._send(payload, accept="application/json", url=self._embeddings_url)
-        try:
-            if not _is_json(resp.content_type):
-                raise UpstreamProtocolError(f"upstream answered with `{resp.content_type}`, not JSON")
-            return await self._read_body(resp, MAX_BODY_BYTES)
-        finally:
-            resp.close()
+        payload["model"] = self._config.model
+        async with self._transport.post(self._embeddings_url, payload, accept="application/json") as resp:
+            return await self._transport.read_json(resp)
 
     async def stream(self, call: UpstreamCall) -> AsyncIterator[bytes]:
         payload = dict(call.payload)
         payload["stream"] = True
-        resp = await self._send(payload, accept="text/event-stream")
-        try:
-            if resp.content_type != "text/event-stream":
-                raise UpstreamProtocolError(f"upstream answered a stream with `{resp.content_type}`")
-            async for data in self._events(resp):
+        payload["model"] = self._config.model
+        async with self._transport.post(self._url, payload, accept="text/event-stream") as resp:
+            async for data in self._transport.events(resp):
                 yield data
-        finally:
-            # Also reached when the consumer stops early: a half-read connection must not be pooled.
-            resp.close()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    # --- transport --------------------------------------------------------------------------------
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created on first use because a session binds to the running loop.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self._config.max_concurrency, ttl_dns_cache=300, keepalive_timeout=30
-            )
-            # Only the connect deadline is aiohttp's; first-byte and idle deadlines differ, so they
-            # are enforced around each await below.
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._config.timeouts.connect_s, sock_read=None)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
-        return self._session
-
-    async def _send(self, payload: dict[str, Any], *, accept: str, url: str | None = None) -> aiohttp.ClientResponse:
-        """POST the payload and return a 2xx response whose headers have arrived; raise otherwise."""
-        payload["model"] = self._config.model
-        body = encoder.encode(payload)
-        headers = {**self._headers, "Accept": accept}
-        first_byte_s = self._config.timeouts.first_byte_s
-        session = self._client()
-        try:
-            async with asyncio.timeout(first_byte_s):
-                resp = await session.post(url or self._url, data=body, headers=headers, allow_redirects=False)
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeoutError(
-                f"no connection within {self._config.timeouts.connect_s:g} s to deployment `{self.deployment}`"
-            ) from None
-        except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"no response headers within {first_byte_s:g} s from deployment `{self.deployment}`"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamConnectError(f"deployment `{self.deployment}`: {_describe(exc)}") from None
-        if 200 <= resp.status < 300:
-            return resp
-        try:
-            raise await self._status_error(resp)
-        finally:
-            resp.close()
-
-    async def _status_error(self, resp: aiohttp.ClientResponse) -> UpstreamStatusError:
-        retry_after = _retry_after(resp.headers.get("Retry-After"))
-        if 300 <= resp.status < 400:
-            return UpstreamStatusError(
-                f"deployment `{self.deployment}` redirected (redirects are not followed)",
-                status=resp.status,
-                retry_after=retry_after,
-            )
-        message = resp.reason or "no reason given"
-        try:
-            body = await self._read_body(resp, _MAX_ERROR_BODY_BYTES)
-        except UpstreamError:
-            body = b""
-        if body:
-            try:
-                envelope = _error_decoder.decode(body)
-            except msgspec.DecodeError:
-                envelope = _ErrorEnvelope()
-            if isinstance(envelope.error, str):
-                message = envelope.error
-            elif envelope.error is not None and envelope.error.message:
-                message = envelope.error.message
-        return UpstreamStatusError(message[:_MAX_MESSAGE_CHARS], status=resp.status, retry_after=retry_after)
-
-    async def _read_body(self, resp: aiohttp.ClientResponse, limit: int) -> bytes:
-        declared = resp.content_length
-        if declared is not None and declared > limit:
-            raise UpstreamProtocolError(f"upstream body of {declared} bytes is over the {limit}-byte limit")
-        deadline = asyncio.get_running_loop().time() + self._config.timeouts.idle_s
-        if declared is not None:
-            # The common case: the whole body under one deadline, in one read.
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await resp.content.readexactly(declared)
-            except TimeoutError:
-                raise UpstreamTimeoutError(
-                    f"deployment `{self.deployment}` made no progress for {self._config.timeouts.idle_s:g} s "
-                    "mid-response"
-                ) from None
-            except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-                raise UpstreamStreamBrokenError(f"deployment `{self.deployment}`: {_describe(exc)}") from None
-        body = bytearray()
-        while True:
-            chunk = await self._read_chunk(resp, deadline)
-            if not chunk:
-                return bytes(body)
-            body += chunk
-            if len(body) > limit:
-                raise UpstreamProtocolError(f"upstream body is over the {limit}-byte limit")
-
-    async def _events(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        """The validated `data:` payloads of an SSE body, up to `[DONE]`."""
-        loop = asyncio.get_running_loop()
-        idle_s = self._config.timeouts.idle_s
-        framing = _EventFraming()
-        deadline = loop.time() + idle_s
-        while not framing.done:
-            chunk = await self._read_chunk(resp, deadline)
-            if not chunk:
-                framing.end()
-                return
-            lines = framing.lines
-            for payload in framing.feed(chunk):
-                yield payload
-            if framing.lines != lines:
-                # Restarted after the consumer has taken the payloads: a slow client is not a slow upstream.
-                deadline = loop.time() + idle_s
-
-    async def _read_chunk(self, resp: aiohttp.ClientResponse, deadline: float) -> bytes:
-        """Whatever body bytes have arrived (empty at the end), by `deadline` (loop time)."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await resp.content.readany()
-        except TimeoutError:
-            raise UpstreamTimeoutError(
-                f"deployment `{self.deployment}` made no progress for {self._config.timeouts.idle_s:g} s mid-response"
-            ) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamStreamBrokenError(f"deployment `{self.deployment}`: {_describe(exc)}") from None
-
-
-class _EventFraming:
-    """Incremental SSE framing, hand-written so that every line is bounded (`MAX_LINE_BYTES`).
-
-    Lines end in LF (a CR before it is dropped); a blank line ends an event; `data:` lines, with or without
-    a space, are joined by LF; an `event: error` fails the stream; comments, `id:`, `retry:` and unknown
-    fields are skipped.
-    """
-
-    __slots__ = ("_buffer", "_data", "_event", "done", "lines")
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._data: list[bytes] = []
-        self._event = b""
-        self.done = False
-        self.lines = 0
-        """Complete lines seen: the stream's measure of progress."""
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        """The payloads completed by `chunk`, lazily, so that events before a bad one still reach the caller.
-
-        Sets `done` at `[DONE]` and ignores whatever follows it.
-        """
-        buffer = self._buffer
-        buffer += chunk
-        start = 0
-        try:
-            while not self.done:
-                newline = buffer.find(b"\n", start)
-                if newline < 0:
-                    break
-                if newline - start > MAX_LINE_BYTES:
-                    raise _line_too_long()
-                line = bytes(buffer[start:newline]).removesuffix(b"\r")
-                start = newline + 1
-                self.lines += 1
-                payload = self._line(line)
-                if payload is not None:
-                    yield payload
-        finally:
-            del buffer[:start]
-        if len(buffer) > MAX_LINE_BYTES:
-            raise _line_too_long()
-
-    def end(self) -> None:
-        """The body ended: fine only after `[DONE]`, which may lack its closing blank line."""
-        if self._buffer and not self.done:
-            self._line(bytes(self._buffer).removesuffix(b"\r"))
-            self._buffer.clear()
-        if not self.done and b"\n".join(self._data).strip() == b"[DONE]":
-            self.done = True
-        if not self.done:
-            raise UpstreamStreamBrokenError("upstream stream ended without [DONE]")
-
-    def _line(self, line: bytes) -> bytes | None:
-        if line.startswith(b"data:"):
-            value = line[5:]
-            self._data.append(value[1:] if value.startswith(b" ") else value)
-            return None
-        if line.startswith(b"event:"):
-            self._event = line[6:].strip()
-            return None
-        if line:
-            return None
-        data, event = self._data, self._event
-        self._data, self._event = [], b""
-        if not data:
-            return None
-        payload = data[0] if len(data) == 1 else b"\n".join(data)
-        if payload.strip() == b"[DONE]":
-            self.done = True
-            return None
-        _check_event(payload, is_error_event=event == b"error")
-        return payload
-
-
-def _line_too_long() -> UpstreamProtocolError:
-    return UpstreamProtocolError(f"upstream SSE line is over the {MAX_LINE_BYTES}-byte limit")
-
-
-def _check_event(payload: bytes, *, is_error_event: bool) -> None:
-    try:
-        event = _event_decoder.decode(payload)
-    except msgspec.DecodeError:
-        raise UpstreamStreamBrokenError(f"upstream sent an event that is not a JSON object: {payload[:80]!r}") from None
-    if event.error is None and not is_error_event:
-        return
-    error = event.error
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        message: str = error["message"]
-    elif isinstance(error, str):
-        message = error
-    else:
-        message = "upstream sent an error event"
-    raise UpstreamStreamBrokenError(message[:_MAX_MESSAGE_CHARS])
-
-
-def _is_json(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a `Retry-After` header, either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-def _describe(exc: BaseException) -> str:
-    """The exception's class and reason, without the host and port (the message may reach a tenant)."""
-    os_error = getattr(exc, "os_error", exc)
-    if isinstance(os_error, OSError) and os_error.errno is not None and os_error.errno > 0:
-        reason = os.strerror(os_error.errno)
-    elif isinstance(os_error, OSError) and os_error.strerror:
-        reason = os_error.strerror  # resolver errors: negative codes, host-free text
-    else:
-        reason = str(exc) or "no detail"
-    return f"{type(exc).__name__}: {reason}"[:_MAX_MESSAGE_CHARS]
+        await self._transport.aclose()
