@@ -24,6 +24,7 @@ class RequestContext:
         "first_token_s",
         "logged_text",
         "model",
+        "operation",
         "outcome",
         "provider",
         "request_id",
@@ -47,6 +48,8 @@ class RequestContext:
         """(stage, wall-clock start ns, duration ns) of each timed block, for tracing."""
         self.tenant: TenantContext | None = None
         self.model: str | None = None
+        self.operation = "chat"
+        """The OpenTelemetry GenAI operation (`chat`, `embeddings`) for the GenAI metrics."""
         self.end_user: str | None = None
         """The request's `user`, hashed (`quota.keys.end_user_id`), for the ledger."""
         self.served_model: str | None = None

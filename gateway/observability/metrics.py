@@ -215,18 +215,19 @@ class Metrics:
         seconds: float,
         timings: Mapping[str, float],
         first_token_s: float | None,
+        operation: str = "chat",
     ) -> None:
         tenant, model_label = self.bounds.tenant(tenant_id), self.bounds.model(model)
         self.requests.labels(tenant, model_label, outcome).inc()
         self.request_duration.labels(tenant, model_label).observe(seconds)
         error_type = "" if outcome == "ok" else outcome
-        self.genai_server_duration.labels("chat", model_label, error_type).observe(seconds)
+        self.genai_server_duration.labels(operation, model_label, error_type).observe(seconds)
         for stage, value in timings.items():
             self.stage_duration.labels(stage).observe(value)
         self.overhead.observe(max(0.0, seconds - timings.get("upstream", 0.0)))
         if first_token_s is not None:
             self.time_to_first_token.labels(tenant, model_label).observe(first_token_s)
-            self.genai_server_ttft.labels("chat", model_label).observe(first_token_s)
+            self.genai_server_ttft.labels(operation, model_label).observe(first_token_s)
         kind = QUOTA_KINDS_BY_CODE.get(error_code or "")
         if kind is not None:
             self.quota_rejections.labels(tenant, kind).inc()
@@ -248,11 +249,13 @@ class Metrics:
             self.budget_limit.labels(tenant, budget.period).set(float(budget.limit_usd))
             self.budget_used.labels(tenant, budget.period).set(float(budget.used_usd))
 
-    def observe_upstream(self, provider: str, model: str, seconds: float, error_type: str | None) -> None:
+    def observe_upstream(
+        self, provider: str, model: str, seconds: float, error_type: str | None, operation: str = "chat"
+    ) -> None:
         """One upstream call (`model` is a configured deployment's model, so it is bounded by configuration)."""
         self.upstream_duration.labels(provider, model).observe(seconds)
         genai_provider = GENAI_PROVIDERS.get(provider, provider)
-        self.genai_client_duration.labels("chat", genai_provider, model, model, error_type or "").observe(seconds)
+        self.genai_client_duration.labels(operation, genai_provider, model, model, error_type or "").observe(seconds)
 
     def observe_charge(
         self,
@@ -263,16 +266,26 @@ class Metrics:
         completion: int,
         cached: int,
         cost: Decimal,
+        *,
+        operation: str = "chat",
+        upstream: bool = True,
     ) -> None:
+        """Tokens and cost charged; the GenAI client histograms only for a real upstream call (`upstream`:
+        not for a cache hit), and no output tokens for an operation that has none (embeddings)."""
         tenant, model_label = self.bounds.tenant(tenant_id), self.bounds.model(model)
         self.tokens.labels(tenant, model_label, "prompt").inc(prompt)
         self.tokens.labels(tenant, model_label, "completion").inc(completion)
         if cached:
             self.tokens.labels(tenant, model_label, "cached").inc(cached)
         self.cost.labels(tenant, model_label).inc(float(cost))
+        if not upstream:
+            return
         provider, served_model = GENAI_PROVIDERS.get(served[0], served[0]), served[1]
-        self.genai_client_tokens.labels("chat", provider, "input", served_model, served_model).observe(prompt)
-        self.genai_client_tokens.labels("chat", provider, "output", served_model, served_model).observe(completion)
+        self.genai_client_tokens.labels(operation, provider, "input", served_model, served_model).observe(prompt)
+        if operation != "embeddings":
+            self.genai_client_tokens.labels(operation, provider, "output", served_model, served_model).observe(
+                completion
+            )
 
     def observe_cost(
         self, tenant_id: str, cost: Decimal, *, saved: tuple[str, Decimal] | None, wasted: Decimal

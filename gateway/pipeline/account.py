@@ -61,7 +61,7 @@ def charge(
     for one in calls:
         rt.metrics.observe_charge(
             tenant_id, alias, (one.kind, one.model), one.usage.prompt_tokens, one.usage.completion_tokens,
-            one.usage.cached_tokens, one.cost,
+            one.usage.cached_tokens, one.cost, operation=ctx.operation, upstream=one.source != "cache",
         )  # fmt: skip
     usage = TokenUsage(
         prompt_tokens=sum(one.usage.prompt_tokens for one in calls),
@@ -112,6 +112,7 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
         seconds=seconds,
         timings=ctx.timings,
         first_token_s=ctx.first_token_s,
+        operation=ctx.operation,
     )
     if rt.tracer is not None:
         rt.tracer.record(ctx)

@@ -49,7 +49,7 @@ async def run_embeddings(
         ctx.tenant = tenant = await authenticate(rt, client.authorization)
     with ctx.timed("decode"):
         request, payload, tokens = _decode(await read_body())
-    ctx.model = request.model
+    ctx.model, ctx.operation = request.model, "embeddings"
     ctx.end_user = end_user_id(request.user) if request.user else None
     with ctx.timed("route"):
         resolved = route_named(rt.routes, request.model)
@@ -196,8 +196,9 @@ async def _embed(
         except msgspec.MsgspecError:
             raise UpstreamProtocolError("the upstream's answer is not an embedding list") from None
     except BaseException as exc:
-        rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"] - before, type(exc).__name__)
+        seconds = ctx.timings["upstream"] - before
+        rt.metrics.observe_upstream(provider.kind, provider.model, seconds, type(exc).__name__, "embeddings")
         raise
-    rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"] - before, None)
+    rt.metrics.observe_upstream(provider.kind, provider.model, ctx.timings["upstream"] - before, None, "embeddings")
     usage = TokenUsage(prompt_tokens=max(0, body.usage.prompt_tokens), completion_tokens=0)
     return body, spent_on(target, usage, "upstream")

@@ -149,3 +149,21 @@ async def test_embeddings_need_a_key(embedder: Gateway) -> None:
     async with httpx.AsyncClient(base_url=embedder.base_url) as http:
         response = await http.post("/embeddings", json={"model": "embed", "input": "x"})
     assert response.status_code == 401
+
+
+async def test_embeddings_are_their_own_genai_operation_and_a_cache_hit_is_no_client_call(
+    embedder: Gateway, fake: FakeUpstream
+) -> None:
+    _, key = await embedder.tenant_key()
+    async with _client(embedder, key) as client:
+        for _ in range(2):
+            await client.embeddings.create(model="fake-embed", input="once", encoding_format="float")
+    scrape = (await embedder.admin.get("/metrics")).text
+    client_tokens = [
+        line for line in scrape.splitlines()
+        if line.startswith("gen_ai_client_token_usage_count{") and 'gen_ai_operation_name="embeddings"' in line
+    ]  # fmt: skip
+    assert client_tokens and all('gen_ai_token_type="input"' in line for line in client_tokens)
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in client_tokens) == 1, "one upstream call, one cache hit"
+    served = [line for line in scrape.splitlines() if line.startswith("gen_ai_server_request_duration_seconds_count")]
+    assert any('gen_ai_operation_name="embeddings"' in line and line.endswith(" 2.0") for line in served)
