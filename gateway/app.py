@@ -40,9 +40,11 @@ from gateway.api.openai import (
     get_response,
     list_models,
     own_usage,
+    rate_answer,
 )
 from gateway.api.ops import healthz, metrics, readyz
 from gateway.errors import error_body, to_gateway_error
+from gateway.feedback import FeedbackStore
 from gateway.observability.metrics import LabelBounds, Metrics
 from gateway.pipeline.route import build_routes
 from gateway.providers.registry import build_providers
@@ -134,6 +136,7 @@ def create_app(
             routes=routes,
             answers=Coalescer(DecisionCache(redis)),
             decisions=RoutingDecisions(redis),
+            feedback=FeedbackStore(pool),
             responses=ResponseStore(pool, retention=dt.timedelta(days=settings.responses_retention_days)),
             limits=config.limits,
             created=int(time.time()),
@@ -174,6 +177,7 @@ def create_app(
             count_message_tokens,
             list_models,
             own_usage,
+            rate_answer,
             admin_router,
             healthz,
             readyz,

@@ -29,6 +29,7 @@ class RequestContext:
         "provider",
         "request_id",
         "route",
+        "routing_features",
         "served_model",
         "stage_spans",
         "started_ns",
@@ -57,6 +58,8 @@ class RequestContext:
         self.provider: str | None = None
         self.route = "none"
         self.cache = "bypass"
+        self.routing_features: bytes | None = None
+        """A confidence-routed prompt's scorer features, kept in its usage record for training."""
         self.confidence: float | None = None
         """The router's confidence (cascade: the small answer's; scored: the scorer's prediction)."""
         self.stream = False

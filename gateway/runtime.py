@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from cache import CachePolicy, Coalescer, RoutingDecisions
 from gateway.accounting.ledger import Ledger
+from gateway.feedback import FeedbackStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracer
 from gateway.providers.base import Provider
@@ -80,6 +81,8 @@ class Runtime(msgspec.Struct, kw_only=True):
     decisions: RoutingDecisions
     responses: ResponseStore
     """Stored Responses-API responses (Postgres, tenant-scoped)."""
+    feedback: FeedbackStore
+    """Ratings of answers (`POST /v1/feedback`)."""
     """Escalations remembered per prompt fingerprint (cascade routes)."""
     limits: Limits
     created: int

@@ -39,16 +39,16 @@ _INSERT = """
 INSERT INTO usage_records (
     request_id, created_at, tenant_id, key_id, model, served_model, deployment, provider, route, stream,
     prompt_tokens, completion_tokens, cached_tokens, cost_usd, outcome, truncated, usage_source, duration_ms,
-    admitted_at, end_user
+    admitted_at, end_user, routing_features
 )
 SELECT * FROM unnest(
     $1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
     $9::text[], $10::bool[], $11::int[], $12::int[], $13::int[], $14::numeric[], $15::text[], $16::bool[],
-    $17::text[], $18::int[], $19::timestamptz[], $20::text[]
+    $17::text[], $18::int[], $19::timestamptz[], $20::text[], $21::bytea[]
 )
 ON CONFLICT (request_id, created_at) DO NOTHING
 """
-_COLUMNS = 20
+_COLUMNS = 21
 # The xid8 of the transaction that wrote each row: this one's ($3) for the rows it inserted, an earlier
 # attempt's (whose commit went unacknowledged) for the rows ON CONFLICT skipped; age() counts back from ours.
 _WRITERS = """
@@ -83,6 +83,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """When admission took the request, on the Redis clock (None if no Redis limit applied)."""
     end_user: str | None = None
     """The request's `user`, hashed as in the quota keys (`quota.keys.end_user_id`); never the raw value."""
+    routing_features: bytes | None = None
+    """For confidence-routed requests, the prompt's scorer features (`routing.features.keep_features`)."""
     budget_trail: BudgetTrail | None = None
     """Where Redis counts this request's spend (not a column: kept for reconciliation after the write)."""
 
@@ -94,7 +96,7 @@ def _columns(records: list[UsageRecord]) -> list[list[object]]:
             uuid.UUID(r.request_id), r.created_at, uuid.UUID(r.tenant_id),
             uuid.UUID(r.key_id) if r.key_id else None, r.model, r.served_model, r.deployment, r.provider,
             r.route, r.stream, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.cost_usd, r.outcome,
-            r.truncated, r.usage_source, r.duration_ms, r.admitted_at, r.end_user,
+            r.truncated, r.usage_source, r.duration_ms, r.admitted_at, r.end_user, r.routing_features,
         )  # fmt: skip
         for column, value in zip(columns, row, strict=True):
             column.append(value)

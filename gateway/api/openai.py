@@ -14,9 +14,11 @@ from litestar.response import Stream
 from gateway.accounting.usage import month_start, quota_remaining, usage_summary
 from gateway.context import RequestContext
 from gateway.errors import NotFoundError, error_body, to_gateway_error
+from gateway.feedback import Feedback
 from gateway.pipeline.account import finish
 from gateway.pipeline.admit import configured_levels
 from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, client_headers, run_chat
+from gateway.pipeline.decode import decode_typed
 from gateway.pipeline.embed import run_embeddings
 from gateway.pipeline.responses import run_responses
 from gateway.runtime import Runtime
@@ -103,6 +105,25 @@ def _reply_response(reply: Reply) -> Response[Any]:
     if reply.frames is not None:
         return Stream(reply.frames, status_code=200, headers=headers, media_type="text/event-stream")
     return Response(reply.body, status_code=200, headers=headers, media_type="application/json")
+
+
+@post("/v1/feedback", status_code=200, summary="Rate an answer (feedback for routing)", request_class=Request)
+async def rate_answer(request: Request[None, None, State]) -> Response[bytes]:
+    """Sluice's own: `{"request_id", "rating": "good"|"bad", "comment"?}` for a response this tenant received;
+    confidence routes learn from it (`sluice router train --from-feedback`)."""
+    rt = _runtime(request.app.state)
+    ctx = RequestContext(request.scope["state"]["request_id"])
+    try:
+        tenant = await authenticate(rt, request.headers.get("authorization"))
+        feedback: Feedback = decode_typed(_feedback_decoder, await request.body())
+        await rt.feedback.record(tenant.tenant_id, feedback)
+    except Exception as exc:  # noqa: BLE001  # the /v1 error boundary
+        return error_response(exc, ctx)
+    body = {"object": "feedback", "request_id": str(feedback.request_id), "rating": feedback.rating}
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+_feedback_decoder = msgspec.json.Decoder(Feedback)
 
 
 @get("/v1/models", summary="List the models this key may call")

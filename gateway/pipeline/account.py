@@ -95,6 +95,7 @@ def charge(
             duration_ms=round(ctx.elapsed() * 1000),
             admitted_at=dt.datetime.fromtimestamp(admitted_at_ms / 1000, dt.UTC) if admitted_at_ms else None,
             end_user=ctx.end_user,
+            routing_features=ctx.routing_features,
             budget_trail=reservation.trail if reservation is not None else None,
         )
     )

@@ -52,7 +52,10 @@ from gateway.pipeline.dispatch import Acquire, Answered, answer, open_streamed, 
 from gateway.pipeline.route import route
 from gateway.pipeline.stream import StreamMeter, relay
 from gateway.providers.base import UpstreamCall
+from gateway.routing.features import keep_features
+from gateway.routing.features import prompt_text as routing_prompt
 from gateway.runtime import ResolvedRoute, Runtime, Target
+from gateway.schema.openai import ChatRequest
 from quota.headers import rate_limit_headers
 from quota.keys import end_user_id
 from quota.limiter import Reservation
@@ -121,11 +124,7 @@ async def run_chat(
     if tenant.quota.log_content:
         ctx.logged_text = {"prompt": prompt_text(request)}
     with ctx.timed("route"):
-        resolved = route(rt.routes, request)
-        pick = 0
-        if resolved.policy == "scored":
-            pick, ctx.confidence = scored_choice(resolved, request.messages)
-    ctx.route = resolved.policy
+        resolved, pick = _route(rt, ctx, request)
     with ctx.timed("admit"):
         demand, allowance = demand_for(request, resolved, rt.limits, ctx.request_id)
         reservation = await rt.limiter.reserve(levels_for(tenant, request.model, request.user), demand)
@@ -168,6 +167,18 @@ async def run_chat(
         if not job.settled:
             await reservation.settle(0, Decimal(0))  # nothing was answered, nothing is charged
         raise
+
+
+def _route(rt: Runtime, ctx: RequestContext, request: ChatRequest) -> tuple[ResolvedRoute, int]:
+    """Stage 5: the route, and for `scored` the deployment its scorer picks (index into `targets`)."""
+    resolved = route(rt.routes, request)
+    ctx.route = resolved.policy
+    pick = 0
+    if resolved.policy == "scored":
+        pick, ctx.confidence = scored_choice(resolved, request.messages)
+    if resolved.policy in ("cascade", "scored"):  # what `sluice router train --from-feedback` learns from
+        ctx.routing_features = keep_features(routing_prompt(request.messages))
+    return resolved, pick
 
 
 class _Job(msgspec.Struct, kw_only=True):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gateway.routing.calibrate import TargetKind
     from gateway.routing.dataset import LabelledPrompt
     from gateway.routing.evaluation import CurvePoint
+    from gateway.routing.train import Example
 
 # Imported in the commands, not here: `sluice` starts without loading the simulator, tiktoken or the trainer.
 SMALL_PRICE_RATIO: Final = 1 / 20
@@ -32,7 +33,13 @@ def router() -> None:
 
 
 @router.command("train")
-@click.option("--data", "data_paths", multiple=True, required=True, type=_DATA, help="Labelled JSONL; repeatable.")
+@click.option("--data", "data_paths", multiple=True, type=_DATA, help="Labelled JSONL; repeatable.")
+@click.option(
+    "--from-feedback",
+    "feedback_days",
+    type=click.IntRange(1, 3650),
+    help="Also learn from the last N days of rated small-model answers in SLUICE_DATABASE_URL.",
+)
 @click.option("--out", "out_path", required=True, type=_OUT, help="Where to write the scorer artifact (JSON).")
 @click.option("--buckets", default=4096, show_default=True, type=click.IntRange(16, 1 << 20), help="Word hash buckets.")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(1, 1000))
@@ -42,15 +49,28 @@ def router() -> None:
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 def router_train(
-    data_paths: Sequence[Path], out_path: Path, buckets: int, epochs: int, l2: float, validation_share: float, seed: int
+    data_paths: Sequence[Path],
+    feedback_days: int | None,
+    out_path: Path,
+    buckets: int,
+    epochs: int,
+    l2: float,
+    validation_share: float,
+    seed: int,
 ) -> None:
-    """Fit the scorer on labelled prompts (`prompt`, `small_correct`) and write a versioned artifact."""
+    """Fit the scorer on labelled prompts (`prompt`, `small_correct`) and/or rated answers, and write a
+    versioned artifact."""
     from gateway.routing.scorer import save
-    from gateway.routing.train import TrainingOptions, train
+    from gateway.routing.train import TrainingOptions, examples_from_prompts, train_examples
 
+    if not data_paths and feedback_days is None:
+        raise click.UsageError("give labelled prompts (--data) or --from-feedback DAYS, or both")
     options = TrainingOptions(buckets=buckets, epochs=epochs, l2=l2, validation_share=validation_share, seed=seed)
     try:
-        artifact = train(_read(data_paths), options)
+        examples = examples_from_prompts(_read(data_paths), buckets)
+        if feedback_days is not None:
+            examples += _rated(feedback_days, buckets)
+        artifact = train_examples(examples, options)
     except RoutingError as exc:
         raise click.ClickException(str(exc)) from None
     save(artifact, out_path)
@@ -172,6 +192,29 @@ def curve_table(points: Sequence[CurvePoint]) -> str:
     lines.append("  ".join("-" * width for width in widths))
     lines.extend("  ".join(cell.rjust(width) for cell, width in zip(row, widths, strict=True)) for row in rows)
     return "\n".join(lines)
+
+
+def _rated(days: int, buckets: int) -> list[Example]:
+    """Rated small-model answers of the last `days` days, from the database the gateway writes."""
+    import asyncio
+    import datetime as dt
+    import os
+
+    from gateway.routing.feedback_data import feedback_examples
+    from gateway.settings import ConfigError, Settings
+
+    try:
+        database_url = Settings.from_env(os.environ).database_url
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if database_url is None:
+        raise click.ClickException("--from-feedback reads SLUICE_DATABASE_URL, which is not set")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    rated = asyncio.run(feedback_examples(database_url, since, buckets))
+    click.echo(f"{len(rated.examples):,} rated small-model answers from the last {days} days", err=True)
+    if rated.skipped:
+        click.echo(f"skipped {rated.skipped:,} kept with other than {buckets} hash buckets", err=True)
+    return rated.examples
 
 
 def _read(paths: Sequence[Path]) -> list[LabelledPrompt]:

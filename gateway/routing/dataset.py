@@ -107,7 +107,11 @@ def simulated(count: int, seed: int = 0) -> list[LabelledPrompt]:
 
 def held_out(record: LabelledPrompt, share: float, salt: str = "split") -> bool:
     """A deterministic split by prompt hash, so repeated prompts never straddle train and test."""
-    digest = hashlib.blake2b(record.prompt.encode(), digest_size=8, person=salt.encode()[:16]).digest()
+    return held_out_key(record.prompt, share, salt)
+
+
+def held_out_key(key: str, share: float, salt: str = "split") -> bool:
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=salt.encode()[:16]).digest()
     return int.from_bytes(digest, "little") / 2**64 < share
 
 

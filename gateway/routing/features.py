@@ -84,4 +84,34 @@ def hashed_words(text: str, buckets: int) -> dict[int, float]:
     if not indices:
         return {}
     value = 1 / math.sqrt(len(indices))
-    return dict.fromkeys(indices, value)
+    return dict.fromkeys(sorted(indices), value)  # sorted: the same sums in the same order, wherever computed
+
+
+DEFAULT_BUCKETS = 4096
+"""Word hash buckets of the features a request keeps for training (`sluice router train`'s default)."""
+
+
+class KeptFeatures(msgspec.Struct, array_like=True, frozen=True):
+    """What a confidence-routed request keeps of its prompt for training: never text, only the scorer's inputs."""
+
+    buckets: int
+    visible: tuple[float, float, float, float]
+    words: list[int]
+    """Hashed unigram and bigram indices (each counts 1/sqrt(len), as `hashed_words` weighs them)."""
+
+    def as_words(self) -> dict[int, float]:
+        return dict.fromkeys(self.words, 1 / math.sqrt(len(self.words))) if self.words else {}
+
+
+_kept_encoder = msgspec.msgpack.Encoder()
+_kept_decoder = msgspec.msgpack.Decoder(KeptFeatures)
+
+
+def keep_features(text: str, buckets: int = DEFAULT_BUCKETS) -> bytes:
+    """The prompt's features as stored with its usage record (a few hundred bytes of msgpack)."""
+    words = sorted(hashed_words(text, buckets))
+    return _kept_encoder.encode(KeptFeatures(buckets=buckets, visible=visible_features(text).values(), words=words))
+
+
+def kept_features(blob: bytes) -> KeptFeatures:
+    return _kept_decoder.decode(blob)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
@@ -183,12 +183,16 @@ class Scorer:
         return self.artifact.content_hash[:12]
 
     def predict(self, text: str) -> float:
+        return self.predict_features(visible_features(text).values(), hashed_words(text, self._buckets))
+
+    def predict_features(self, visible: Sequence[float], words: Mapping[int, float]) -> float:
+        """`predict` on features already extracted (with this artifact's `buckets`)."""
         logit = self._offset
-        for weight, value in zip(self._visible, visible_features(text).values(), strict=True):
+        for weight, value in zip(self._visible, visible, strict=True):
             logit += weight * value
-        words = self._words
-        for index, value in hashed_words(text, self._buckets).items():
-            logit += words[index] * value
+        weights = self._words
+        for index, value in words.items():
+            logit += weights[index] * value
         return _sigmoid(logit)
 
     def predict_messages(self, messages: Sequence[Message]) -> float:

@@ -1,8 +1,9 @@
 """`sluice router train`: fit the pre-call scorer (logistic regression) on labelled prompts, in plain Python.
 
-The input is any sequence of `dataset.LabelledPrompt`, whatever its source (a labelled JSONL file today; usage
-records joined with feedback labels later), so a new source only has to yield those. A few thousand prompts
-train in seconds with AdaGrad SGD, and nothing heavier than the standard library is needed to train or serve.
+The input is labelled prompts (`dataset.LabelledPrompt`, from a JSONL file) or featurised `Example`s (usage
+records that kept their prompt's features, joined with feedback labels: `feedback_data.py`), or both. A few
+thousand prompts train in seconds with AdaGrad SGD, and nothing heavier than the standard library is needed
+to train or serve.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Final
 
 import msgspec
 
-from gateway.routing.dataset import LabelledPrompt, split
+from gateway.routing.dataset import LabelledPrompt, held_out_key
 from gateway.routing.errors import DatasetError
 from gateway.routing.evaluation import auroc
 from gateway.routing.features import VISIBLE_FEATURES, hashed_words, visible_features
@@ -39,31 +40,54 @@ class TrainingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     """Seed of the shuffling order: the same data and options give the same weights."""
 
 
-class _Example(msgspec.Struct):
+class Example(msgspec.Struct, frozen=True):
+    """One training example as the scorer sees it: the visible features, the hashed words, and the label.
+
+    `key` decides the train/validation split (the prompt text, or a request id for usage records, which keep
+    features but never text)."""
+
+    key: str
     visible: tuple[float, float, float, float]
     words: dict[int, float]
-    label: float
+    label: bool
+
+
+def examples_from_prompts(records: Sequence[LabelledPrompt], buckets: int) -> list[Example]:
+    return [
+        Example(
+            key=record.prompt,
+            visible=visible_features(record.prompt).values(),
+            words=hashed_words(record.prompt, buckets),
+            label=record.small_correct,
+        )
+        for record in records
+    ]
 
 
 def train(examples: Sequence[LabelledPrompt], options: TrainingOptions | None = None) -> ScorerArtifact:
+    """Fit on labelled prompts (a JSONL file's)."""
     options = options or TrainingOptions()
-    fit_on, validate_on = (
-        split(examples, options.validation_share, "validation") if options.validation_share else (examples, [])
-    )
+    return train_examples(examples_from_prompts(examples, options.buckets), options)
+
+
+def train_examples(examples: Sequence[Example], options: TrainingOptions | None = None) -> ScorerArtifact:
+    """Fit on featurised examples, from any source (prompts, usage records with feedback, or both)."""
+    options = options or TrainingOptions()
+    held = [_held_out(example.key, options.validation_share) for example in examples]
+    fit_on = [example for example, out in zip(examples, held, strict=True) if not out]
+    validate_on = [example for example, out in zip(examples, held, strict=True) if out]
     if not fit_on:
         raise DatasetError("no labelled prompts to train on")
-    labels = {record.small_correct for record in fit_on}
-    if len(labels) < 2:
+    if len({example.label for example in fit_on}) < 2:
         raise DatasetError("training needs prompts the small model got right and prompts it got wrong")
-    fitted = [_featurise(record, options.buckets) for record in fit_on]
-    mean = [statistics.fmean(example.visible[i] for example in fitted) for i in range(len(VISIBLE_FEATURES))]
-    scale = [statistics.pstdev(example.visible[i] for example in fitted) or 1.0 for i in range(len(VISIBLE_FEATURES))]
+    mean = [statistics.fmean(example.visible[i] for example in fit_on) for i in range(len(VISIBLE_FEATURES))]
+    scale = [statistics.pstdev(example.visible[i] for example in fit_on) or 1.0 for i in range(len(VISIBLE_FEATURES))]
     spec = FeatureSpec(buckets=options.buckets, visible=list(VISIBLE_FEATURES), visible_mean=mean, visible_scale=scale)
-    bias, visible_weights, word_weights = _fit(fitted, spec, options)
+    bias, visible_weights, word_weights = _fit(fit_on, spec, options)
     metrics = TrainingMetrics(
         examples=len(fit_on),
         validation_examples=len(validate_on),
-        small_correct_share=sum(record.small_correct for record in fit_on) / len(fit_on),
+        small_correct_share=sum(example.label for example in fit_on) / len(fit_on),
         train_auroc=0.0,
         validation_auroc=None,
         validation_log_loss=None,
@@ -73,14 +97,14 @@ def train(examples: Sequence[LabelledPrompt], options: TrainingOptions | None = 
     artifact = build_artifact(spec, bias, visible_weights, word_weights, metrics)
     # Measured with the serving code path; metrics are outside the content hash, so filling them in keeps it.
     scorer = Scorer(artifact)
-    train_auroc = auroc([scorer.predict(record.prompt) for record in fit_on], [r.small_correct for r in fit_on])
+    train_auroc = auroc([_predict(scorer, example) for example in fit_on], [example.label for example in fit_on])
     validation_auroc = validation_log_loss = None
-    if len({record.small_correct for record in validate_on}) == 2:
-        predictions = [scorer.predict(record.prompt) for record in validate_on]
-        validation_auroc = auroc(predictions, [record.small_correct for record in validate_on])
+    if len({example.label for example in validate_on}) == 2:
+        predictions = [_predict(scorer, example) for example in validate_on]
+        validation_auroc = auroc(predictions, [example.label for example in validate_on])
         validation_log_loss = statistics.fmean(
-            -math.log(max(_EPSILON, p if record.small_correct else 1 - p))
-            for p, record in zip(predictions, validate_on, strict=True)
+            -math.log(max(_EPSILON, p if example.label else 1 - p))
+            for p, example in zip(predictions, validate_on, strict=True)
         )
     metrics = msgspec.structs.replace(
         metrics, train_auroc=train_auroc, validation_auroc=validation_auroc, validation_log_loss=validation_log_loss
@@ -88,16 +112,17 @@ def train(examples: Sequence[LabelledPrompt], options: TrainingOptions | None = 
     return msgspec.structs.replace(artifact, metrics=metrics)
 
 
-def _featurise(record: LabelledPrompt, buckets: int) -> _Example:
-    return _Example(
-        visible=visible_features(record.prompt).values(),
-        words=hashed_words(record.prompt, buckets),
-        label=1.0 if record.small_correct else 0.0,
-    )
+def _predict(scorer: Scorer, example: Example) -> float:
+    return scorer.predict_features(example.visible, example.words)
+
+
+def _held_out(key: str, share: float) -> bool:
+    """The split by key hash that `dataset.held_out` makes for prompts (salt `validation`)."""
+    return share > 0 and held_out_key(key, share, "validation")
 
 
 def _fit(
-    examples: list[_Example], spec: FeatureSpec, options: TrainingOptions
+    examples: list[Example], spec: FeatureSpec, options: TrainingOptions
 ) -> tuple[float, list[float], list[float]]:
     """AdaGrad SGD on the log loss; visible features standardised, words as given. Deterministic per seed."""
     rng = random.Random(options.seed)  # noqa: S311  # a reproducible shuffling order, not a secret
@@ -120,7 +145,7 @@ def _fit(
         for position in order:
             row = rows[position]
             logit = bias + sum(weights[i] * value for i, value in row)
-            error = _sigmoid(logit) - examples[position].label
+            error = _sigmoid(logit) - (1.0 if examples[position].label else 0.0)
             bias_square += error * error
             bias -= rate * error / (math.sqrt(bias_square) + _EPSILON)
             for i, value in row:
