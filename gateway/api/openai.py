@@ -117,6 +117,7 @@ async def rate_answer(request: Request[None, None, State]) -> Response[bytes]:
         tenant = await authenticate(rt, request.headers.get("authorization"))
         feedback: Feedback = decode_typed(_feedback_decoder, await request.body())
         await rt.feedback.record(tenant.tenant_id, feedback)
+        rt.metrics.feedback.labels(rt.metrics.bounds.tenant(tenant.tenant_id), feedback.rating).inc()
     except Exception as exc:  # noqa: BLE001  # the /v1 error boundary
         return error_response(exc, ctx)
     body = {"object": "feedback", "request_id": str(feedback.request_id), "rating": feedback.rating}

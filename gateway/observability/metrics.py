@@ -113,6 +113,10 @@ class Metrics:
             "sluice_discarded_cost_usd", "Cost of upstream answers the client never got (a cascade's small call "
             "before it escalated), in USD; included in sluice_cost_usd_total.", ["tenant"], registry=registry,
         )  # fmt: skip
+        self.feedback = Counter(
+            "sluice_feedback", "Ratings of answers received (POST /v1/feedback), by rating.", ["tenant", "rating"],
+            registry=registry,
+        )  # fmt: skip
         self.cache_lookups = Counter(
             "sluice_cache_lookups", "Decision cache look-ups by result (hit, miss, bypass).", ["tenant", "result"],
             registry=registry,

@@ -75,6 +75,11 @@ async def test_rated_small_answers_train_a_scorer_and_other_tenants_ratings_are_
     finally:
         await conn.close()
     assert kept == PROMPTS and fixed is None
+    scrape = (await routed.admin.get("/metrics")).text
+    rated = sum(
+        float(line.rsplit(" ", 1)[1]) for line in scrape.splitlines() if line.startswith("sluice_feedback_total{")
+    )
+    assert rated == PROMPTS + 1 + 40
 
     out = tmp_path / "scorer.json"
     result = await asyncio.to_thread(  # the CLI runs its own event loop
