@@ -150,7 +150,8 @@ async def run_chat(
         if not lookup.read or key is None:
             count_lookup(rt, ctx, lookup, hit=False)
             answered, reply = await _answered(job, headers)
-            if key is not None:  # `refresh`: the client said no-cache; the fresh answer replaces the stored one
+            if key is not None and answered.decision != "cascade:degraded":  # `refresh`: the fresh answer
+                # replaces the stored one (a degraded answer, given only because the large call failed, never does)
                 await _store(rt, resolved.cache, tenant.tenant_id, key, answered)
             return reply
         async with contextlib.AsyncExitStack() as stack:  # leaving lets waiters fall back to their own calls
