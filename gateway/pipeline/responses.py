@@ -71,7 +71,12 @@ async def run_responses(
             msgspec.json.decode(reply.body), request=body, response_id=response_id, created_at=created_at
         )
         if store:
-            await rt.responses.save(tenant.tenant_id, response, items)
+            try:
+                await rt.responses.save(tenant.tenant_id, response, items)
+            except GatewayError as exc:
+                # Answered and charged already: an error now would have the client pay for it twice.
+                _log.warning("a response could not be stored: %s", exc)
+                headers["x-sluice-stored"] = "false"
         return Reply(body=msgspec.json.encode(response), headers={**headers, "content-type": "application/json"})
     stream = ResponsesStream(body, response_id, created_at)
 

@@ -156,3 +156,20 @@ async def test_bad_responses_requests_get_a_clear_error(gateway: Gateway, body: 
         response = await http.post("/responses", json=body)
     assert response.status_code in (400, 404), response.text
     assert response.json()["error"]["param"] == param
+
+
+async def test_an_answer_that_cannot_be_stored_is_still_returned_and_says_so(
+    gateway: Gateway, database_url: str
+) -> None:
+    """It was answered and charged already: a 503 now would make the client pay twice on its retry."""
+    _, key = await gateway.tenant_key()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ALTER TABLE stored_responses RENAME TO stored_responses_away")
+        async with httpx.AsyncClient(base_url=gateway.base_url, headers={"authorization": f"Bearer {key}"}) as http:
+            response = await http.post("/responses", json={"model": "small", "input": "Keep me"})
+    finally:
+        await conn.execute("ALTER TABLE stored_responses_away RENAME TO stored_responses")
+        await conn.close()
+    assert response.status_code == 200 and response.json()["output"]
+    assert response.headers["x-sluice-stored"] == "false"
