@@ -110,13 +110,22 @@ def client_headers(headers: Mapping[str, str]) -> ClientHeaders:
     )
 
 
-async def run_chat(
-    rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders
-) -> Reply:
+async def open_request(rt: Runtime, ctx: RequestContext, client: ClientHeaders) -> TenantContext:
+    """Stage 1 for every endpoint: refuse while draining, then authenticate (timed) and remember the tenant.
+    Once per request: an endpoint that authenticated before handing over to `run_chat` is not checked twice."""
+    if ctx.tenant is not None:
+        return ctx.tenant
     if rt.draining:
         raise ServiceUnavailableError("This gateway process is shutting down; retry.", headers={"retry-after": "1"})
     with ctx.timed("auth"):
         ctx.tenant = tenant = await authenticate(rt, client.authorization)
+    return tenant
+
+
+async def run_chat(
+    rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders
+) -> Reply:
+    tenant = await open_request(rt, ctx, client)
     with ctx.timed("decode"):
         request, payload = decode_chat(await read_body(), rt.limits)  # the body is read only once authenticated
     ctx.model, ctx.stream = request.model, request.is_stream

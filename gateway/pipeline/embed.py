@@ -22,10 +22,10 @@ from cache import CachedAnswer, CachePolicy, CacheUnavailableError, Lookup, Requ
 from gateway.accounting.pricing import TokenUsage, cost_usd, format_usd
 from gateway.accounting.tokens import count_text
 from gateway.context import RequestContext
-from gateway.errors import InvalidRequestError, ServiceUnavailableError
+from gateway.errors import InvalidRequestError
 from gateway.pipeline.account import Spent, charge, finish, spent_on
 from gateway.pipeline.admit import levels_for
-from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, count_lookup
+from gateway.pipeline.chat import ClientHeaders, Reply, count_lookup, open_request
 from gateway.pipeline.decode import decode_object, decode_typed
 from gateway.pipeline.dispatch import moves_on
 from gateway.pipeline.route import route_named
@@ -43,10 +43,7 @@ MAX_INPUTS = 2048
 async def run_embeddings(
     rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders
 ) -> Reply:
-    if rt.draining:
-        raise ServiceUnavailableError("This gateway process is shutting down; retry.", headers={"retry-after": "1"})
-    with ctx.timed("auth"):
-        ctx.tenant = tenant = await authenticate(rt, client.authorization)
+    tenant = await open_request(rt, ctx, client)
     with ctx.timed("decode"):
         request, payload, tokens = _decode(await read_body())
     ctx.model, ctx.operation = request.model, "embeddings"

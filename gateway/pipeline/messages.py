@@ -8,6 +8,7 @@ read `anthropic-ratelimit-*` headers and Anthropic's error shape (`gateway.api.a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import uuid
@@ -22,11 +23,10 @@ from gateway.context import RequestContext
 from gateway.errors import InvalidRequestError
 from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, run_chat
 from gateway.pipeline.decode import decode_object, decode_typed
-from gateway.pipeline.stream import DONE_FRAME
+from gateway.pipeline.stream import StreamStop, relayed_chunks
 from gateway.runtime import Runtime
 from gateway.schema.openai import chat_request_decoder
 
-_SSE_DATA: Final = b"data: "
 _DURATION: Final = re.compile(r"^(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 
 
@@ -97,24 +97,16 @@ def _seconds(duration: str) -> float:
 
 async def _translated(chat_frames: AsyncIterator[bytes], stream: MessagesStream) -> AsyncIterator[bytes]:
     """Anthropic events for the chat pipeline's SSE frames; a broken stream ends with `event: error`."""
-    try:
-        async for frame in chat_frames:
-            if frame == DONE_FRAME:
-                break
-            payload = msgspec.json.decode(frame.removeprefix(_SSE_DATA).rstrip(b"\n"))
-            if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-                error = payload["error"]
+    async with contextlib.aclosing(relayed_chunks(chat_frames)) as chunks:  # closed at once on disconnect
+        async for item in chunks:
+            if not isinstance(item, StreamStop):
+                for event in stream.feed(item):
+                    yield event
+            elif item.complete:
+                for event in stream.finish():
+                    yield event
+            else:
+                error = item.error or {"message": "The stream ended before the answer was complete."}
                 kind = "rate_limit_error" if error.get("type") == "rate_limit_error" else "api_error"
                 for event in stream.fail(kind, str(error.get("message", ""))):
                     yield event
-                return
-            for event in stream.feed(payload):
-                yield event
-        else:
-            for event in stream.fail("api_error", "The stream ended before the answer was complete."):
-                yield event
-            return
-        for event in stream.finish():
-            yield event
-    finally:
-        await chat_frames.aclose()  # type: ignore[attr-defined]  # the pipeline's frames are an async generator

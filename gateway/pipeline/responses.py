@@ -9,6 +9,7 @@ before the client sees it complete, so a continuation sent the moment it arrives
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -27,19 +28,18 @@ from gateway.adapters.responses_over_chat import (
 )
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
-from gateway.pipeline.chat import ClientHeaders, Reply, authenticate, run_chat
+from gateway.pipeline.chat import ClientHeaders, Reply, open_request, run_chat
 from gateway.pipeline.decode import decode_object
-from gateway.pipeline.stream import DONE_FRAME
+from gateway.pipeline.stream import StreamStop, relayed_chunks
 from gateway.runtime import Runtime
 
 _log = logging.getLogger(__name__)
-_SSE_DATA = b"data: "
 
 
 async def run_responses(
     rt: Runtime, ctx: RequestContext, read_body: Callable[[], Awaitable[bytes]], client: ClientHeaders
 ) -> Reply:
-    tenant = await authenticate(rt, client.authorization)
+    tenant = await open_request(rt, ctx, client)  # before the stored conversation is read
     body = _decode(await read_body())
     history: list[Any] = []
     previous = body.get("previous_response_id")
@@ -103,33 +103,25 @@ async def _translated(
     saved: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> AsyncIterator[bytes]:
     """Responses events for the chat pipeline's SSE frames; the response is stored before it completes."""
-    try:
-        for frame in stream.start():
-            yield frame
-        async for frame in chat_frames:
-            if frame == DONE_FRAME:
-                break
-            payload = msgspec.json.decode(frame.removeprefix(_SSE_DATA).rstrip(b"\n"))
-            if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-                error = payload["error"]
+    for frame in stream.start():
+        yield frame
+    async with contextlib.aclosing(relayed_chunks(chat_frames)) as chunks:  # closed at once on disconnect
+        async for item in chunks:
+            if not isinstance(item, StreamStop):
+                for event in stream.feed(item):
+                    yield event
+            elif item.complete:
+                final = stream.finish()
+                try:
+                    await saved(stream.response())
+                except GatewayError as exc:
+                    _log.warning("a streamed response could not be stored: %s", exc)
+                for event in final:
+                    yield event
+            else:
+                error = item.error or {"message": "The stream ended before the answer was complete."}
                 for event in stream.fail(_error_code(error), str(error.get("message", ""))):
                     yield event
-                return
-            for event in stream.feed(payload):
-                yield event
-        else:  # the pipeline's stream ended without `[DONE]`: it was cut short
-            for event in stream.fail("server_error", "The stream ended before the answer was complete."):
-                yield event
-            return
-        final = stream.finish()
-        try:
-            await saved(stream.response())
-        except GatewayError as exc:
-            _log.warning("a streamed response could not be stored: %s", exc)
-        for event in final:
-            yield event
-    finally:
-        await chat_frames.aclose()  # type: ignore[attr-defined]  # the pipeline's frames are an async generator
 
 
 def _error_code(error: dict[str, Any]) -> str:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
 
 import msgspec
 
@@ -151,3 +152,29 @@ async def relay(
         on_end(done)
         with contextlib.suppress(UpstreamError, RuntimeError, asyncio.CancelledError):
             await upstream.aclose()  # type: ignore[attr-defined]  # provider streams are async generators
+
+
+class StreamStop(msgspec.Struct, frozen=True):
+    """How a relayed chat stream ended: `complete` after `[DONE]`, else with the terminal `error` event (or
+    none, when the frames simply stopped)."""
+
+    complete: bool
+    error: dict[str, Any] | None = None
+
+
+async def relayed_chunks(frames: AsyncIterator[bytes]) -> AsyncGenerator[dict[str, Any] | StreamStop, None]:
+    """The chunk payloads of frames `relay` produced, then one `StreamStop`: what an adapter that translates a
+    chat stream into another API's events reads. Closes `frames` however it is left."""
+    try:
+        async for frame in frames:
+            if frame == DONE_FRAME:
+                yield StreamStop(complete=True)
+                return
+            payload = msgspec.json.decode(frame.removeprefix(b"data: ").rstrip(b"\n"))
+            if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+                yield StreamStop(complete=False, error=payload["error"])
+                return
+            yield payload
+        yield StreamStop(complete=False)
+    finally:
+        await frames.aclose()  # type: ignore[attr-defined]  # relay's frames are an async generator

@@ -13,7 +13,7 @@ from gateway.pipeline.call import usage_from
 from gateway.providers.anthropic import ANTHROPIC_VERSION, AnthropicProvider
 from gateway.providers.base import UpstreamCall, UpstreamStatusError, UpstreamStreamBrokenError
 from gateway.schema.openai import chat_request_decoder, completion_view_decoder
-from gateway.settings import OpenAIDeployment
+from gateway.settings import AnthropicDeployment
 from tests.fakes.anthropic_upstream import ANSWER, TOOL_INPUT, FakeAnthropic
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -31,7 +31,7 @@ async def fx_make_provider(fake: FakeAnthropic) -> AsyncIterator[ProviderFactory
     providers: list[AnthropicProvider] = []
 
     def make(model: str = "claude-ok", **options: Any) -> AnthropicProvider:
-        deployment = OpenAIDeployment(name=f"dep-{model}", base_url=fake.base_url, model=model)
+        deployment = AnthropicDeployment(name=f"dep-{model}", base_url=fake.base_url, model=model)
         provider = AnthropicProvider(deployment, "sk-ant-test", **options)
         providers.append(provider)
         return provider
