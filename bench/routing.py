@@ -3,11 +3,13 @@
 Offline and in one process, through the functions the gateway calls: every prompt is answered by the simulator's
 small and large tiers (`Simulator.complete`, the wire bytes), graded against its reference answer, and the small
 answer's confidence is computed from its logprobs (`confidence.confidence`). The prompts are split by hash into a
-training half and a held-out half; the scorer is trained and every threshold calibrated on the training half, and
-every figure below is measured on the held-out half. Quality and cost are ratios against always-large on the same
-prompts; a cascade pays for the small call on every prompt and the large call on each escalation.
+training half and a held-out half; the scorer (and its cascade combiner) is trained and every threshold calibrated
+on the training half, and every figure below is measured on the held-out half. Two cascades are measured: on the
+answer's confidence alone, and combined with the scorer's prior for the prompt (a cascade route with `scorer`).
+Quality and cost are ratios against always-large on the same prompts; a cascade pays for the small call on every
+prompt and the large call on each escalation.
 
-    .venv/bin/python bench/routing.py                        # 10,000 prompts, ~1 min
+    .venv/bin/python bench/routing.py                        # 20,000 prompts, about 40 s
     .venv/bin/python bench/routing.py --prompts 4000 --seed 3
 
 Missed targets do not fail the run (figures are not assertions); the exit status is 1 only if a consistency
@@ -22,6 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Literal, TypeAlias
 
 from benchkit import log, median, percentile, table
 
@@ -33,14 +36,16 @@ from gateway.routing.evaluation import CurvePoint, Outcome, Route, apgr, auroc, 
 from gateway.routing.scorer import Scorer
 from gateway.routing.train import train
 
-ROUTES: tuple[Route, ...] = ("cascade", "scored")
+Policy: TypeAlias = Literal["cascade", "cascade+prior", "scored"]
+POLICIES: tuple[Policy, ...] = ("cascade", "cascade+prior", "scored")
+ROUTE_OF: dict[Policy, Route] = {"cascade": "cascade", "cascade+prior": "cascade", "scored": "scored"}
 SHARE_TARGETS = (0.2, 0.45, 0.7)
 BOOTSTRAPS = 200
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--prompts", type=int, default=10_000, help="simulated prompts (≥ 2,000; default 10,000)")
+    parser.add_argument("--prompts", type=int, default=20_000, help="simulated prompts (≥ 2,000; default 20,000)")
     parser.add_argument("--seed", type=int, default=0, help="prompt generator seed")
     parser.add_argument("--held-out", type=float, default=0.5, help="share of prompts held out (by prompt hash)")
     parser.add_argument("--rounds", type=int, default=5, help="latency rounds over the held-out prompts")
@@ -68,17 +73,17 @@ def main() -> int:
         (f"graded wire answers agree with the difficulty model ({disagreements} disagree)", not disagreements)
     )
 
-    evaluation = {route: outcomes(route, held_out, scorer) for route in ROUTES}
-    calibration = {route: outcomes(route, training, scorer) for route in ROUTES}
-    curves = {route: curve(route, evaluation[route], SMALL_PRICE_RATIO) for route in ROUTES}
+    evaluation = {policy: _outcomes(policy, held_out, scorer) for policy in POLICIES}
+    calibration = {policy: _outcomes(policy, training, scorer) for policy in POLICIES}
+    curves = {policy: curve(ROUTE_OF[policy], evaluation[policy], SMALL_PRICE_RATIO) for policy in POLICIES}
     small_quality = _share(r.small_correct for r in held_out)
     large_quality = _share(bool(r.large_correct) for r in held_out)
     for route, points in curves.items():
         ends = (points[0].quality, points[-1].quality) == (small_quality, large_quality)
         checks.append((f"{route} curve runs from always-small to always-large", ends))
 
-    log(f"bootstrapping APGR ({BOOTSTRAPS} resamples per route) …")
-    spreads = {route: _bootstrap_apgr(route, evaluation[route]) for route in ROUTES}
+    log(f"bootstrapping APGR ({BOOTSTRAPS} resamples per policy) …")
+    spreads = {policy: _bootstrap_apgr(ROUTE_OF[policy], evaluation[policy]) for policy in POLICIES}
     print(_header(args, records, training, held_out, simulate_s, train_s))
     print()
     print(_policy_table(args, curves, calibration, evaluation, spreads, small_quality, large_quality))
@@ -90,13 +95,19 @@ def main() -> int:
     latency = _latency(scorer, held_out, args.rounds)
     print(_signals(records, held_out, evaluation, latency))
     print()
-    print(_cascade_anatomy(calibration["cascade"], evaluation["cascade"], args.target_cost))
+    for policy in ("cascade", "cascade+prior"):
+        print(_cascade_anatomy(policy, calibration[policy], evaluation[policy], args.target_cost))
     print()
     print(_targets(args, curves, calibration, evaluation, spreads, records, latency))
     failed = [name for name, ok in checks if not ok]
     print()
     print("checks: " + ("all passed" if not failed else "FAILED: " + "; ".join(failed)))
     return 1 if failed else 0
+
+
+def _outcomes(policy: Policy, records: Sequence[LabelledPrompt], scorer: Scorer) -> list[Outcome]:
+    """`calibrate.outcomes` as each policy scores: the plain cascade without the scorer's prior."""
+    return outcomes(ROUTE_OF[policy], records, None if policy == "cascade" else scorer)
 
 
 def _header(
@@ -122,15 +133,14 @@ def _header(
 
 def _policy_table(
     args: argparse.Namespace,
-    curves: dict[Route, list[CurvePoint]],
-    calibration: dict[Route, list[Outcome]],
-    evaluation: dict[Route, list[Outcome]],
-    spreads: dict[Route, float],
+    curves: dict[Policy, list[CurvePoint]],
+    calibration: dict[Policy, list[Outcome]],
+    evaluation: dict[Policy, list[Outcome]],
+    spreads: dict[Policy, float],
     small_quality: float,
     large_quality: float,
 ) -> str:
     """One row per policy: RouteLLM's figures, and the operating point calibrated for the target cost."""
-    target = Target("cost", args.target_cost)
     rows: list[list[str]] = []
     ratio = small_quality / large_quality
     rows.append(["always-small", "-", "-", "-", "0.0%", f"{SMALL_PRICE_RATIO:.3f}", f"{ratio:.3f}"])
@@ -141,15 +151,13 @@ def _policy_table(
     rows.append(
         ["random", "0.500", "50.0%", "80.0%", f"{random_share:.1%}", f"{args.target_cost:.3f}", f"{random_quality:.3f}"]
     )
-    for route in ROUTES:
-        points = curves[route]
-        chosen = calibrate(route, calibration[route], target).threshold
-        at = _at(route, evaluation[route], chosen, large_quality)
-        spread = spreads[route]
+    for policy in POLICIES:
+        points = curves[policy]
+        at = _at_target_cost(policy, calibration, evaluation, args.target_cost, large_quality)
         rows.append(
             [
-                route,
-                f"{apgr(points):.3f} ± {spread:.3f}",
+                policy,
+                f"{apgr(points):.3f} ± {spreads[policy]:.3f}",
                 f"{cpt(points, 0.5):.1%}",
                 f"{cpt(points, 0.8):.1%}",
                 f"{at.large_share:.1%}",
@@ -166,50 +174,57 @@ def _policy_table(
     return title + "\n" + table(headers, rows)
 
 
-def _curve_table(curves: dict[Route, list[CurvePoint]]) -> str:
+def _at_target_cost(
+    policy: Policy,
+    calibration: dict[Policy, list[Outcome]],
+    evaluation: dict[Policy, list[Outcome]],
+    target_cost: float,
+    large_quality: float,
+) -> CurvePoint:
+    """The held-out operating point of the threshold calibrated for `target_cost`."""
+    route = ROUTE_OF[policy]
+    threshold = calibrate(route, calibration[policy], Target("cost", target_cost)).threshold
+    return _at(route, evaluation[policy], threshold, large_quality)
+
+
+def _curve_table(curves: dict[Policy, list[CurvePoint]]) -> str:
     rows: list[list[str]] = []
     large_quality = curves["cascade"][-1].quality
     small_quality = curves["cascade"][0].quality
     for step in range(11):
         share = step / 10
-        cascade = _nearest(curves["cascade"], share)
-        scored = _nearest(curves["scored"], share)
-        random_quality = (small_quality + share * (large_quality - small_quality)) / large_quality
-        rows.append(
-            [
-                f"{share:.0%}",
-                f"{cascade.cost:.3f}",
-                f"{cascade.quality_ratio:.3f}",
-                f"{scored.cost:.3f}",
-                f"{scored.quality_ratio:.3f}",
-                f"{random_quality:.3f}",
-            ]
-        )
-    headers = ["large calls", "cascade cost", "cascade quality", "scored cost", "scored quality", "random quality"]
+        row = [f"{share:.0%}"]
+        for policy in POLICIES:
+            point = _nearest(curves[policy], share)
+            row += [f"{point.cost:.3f}", f"{point.quality_ratio:.3f}"]
+        row.append(f"{(small_quality + share * (large_quality - small_quality)) / large_quality:.3f}")
+        rows.append(row)
+    headers = ["large calls", *(f"{policy} {kind}" for policy in POLICIES for kind in ("cost", "quality"))]
+    headers.append("random quality")
     return "Cost-vs-quality curve on the held-out half (cost and quality as ratios to always-large):\n" + table(
         headers, rows
     )
 
 
 def _share_calibrations(
-    calibration: dict[Route, list[Outcome]], evaluation: dict[Route, list[Outcome]]
-) -> list[tuple[Route, float, float, float, float]]:
-    """(route, target share, threshold, share on the training half, share on the held-out half) per target."""
-    results: list[tuple[Route, float, float, float, float]] = []
-    for route in ROUTES:
+    calibration: dict[Policy, list[Outcome]], evaluation: dict[Policy, list[Outcome]]
+) -> list[tuple[Policy, float, float, float, float]]:
+    """(policy, target share, threshold, share on the training half, share held out) per target."""
+    results: list[tuple[Policy, float, float, float, float]] = []
+    for policy in POLICIES:
         for target in SHARE_TARGETS:
-            result = calibrate(route, calibration[route], Target("large_share", target))
-            held = _share(o.score < result.threshold for o in evaluation[route])
-            results.append((route, target, result.threshold, result.point.large_share, held))
+            result = calibrate(ROUTE_OF[policy], calibration[policy], Target("large_share", target))
+            held = _share(o.score < result.threshold for o in evaluation[policy])
+            results.append((policy, target, result.threshold, result.point.large_share, held))
     return results
 
 
-def _calibration_table(calibration: dict[Route, list[Outcome]], evaluation: dict[Route, list[Outcome]]) -> str:
+def _calibration_table(calibration: dict[Policy, list[Outcome]], evaluation: dict[Policy, list[Outcome]]) -> str:
     rows = [
-        [route, f"{target:.0%}", f"{threshold:.4f}", f"{trained:.1%}", f"{held:.1%}", f"{(held - target) * 100:+.1f}"]
-        for route, target, threshold, trained, held in _share_calibrations(calibration, evaluation)
+        [policy, f"{target:.0%}", f"{threshold:.4f}", f"{trained:.1%}", f"{held:.1%}", f"{(held - target) * 100:+.1f}"]
+        for policy, target, threshold, trained, held in _share_calibrations(calibration, evaluation)
     ]
-    headers = ["route", "target share", "threshold", "on training", "on held-out", "error (points)"]
+    headers = ["policy", "target share", "threshold", "on training", "on held-out", "error (points)"]
     return "Calibration for a target large-model share (threshold from the training half):\n" + table(headers, rows)
 
 
@@ -221,6 +236,9 @@ def _latency(scorer: Scorer, held_out: Sequence[LabelledPrompt], rounds: int) ->
     calls_by_name: dict[str, list[Callable[[], object]]] = {
         "scorer.predict": [functools.partial(scorer.predict, prompt) for prompt in prompts],
         "confidence(body)": [functools.partial(confidence, body) for body in bodies],
+        "scorer.with_prior": [
+            functools.partial(scorer.with_prior, record.small_confidence or 0.0, record.prompt) for record in held_out
+        ],
     }
     for name, calls in calls_by_name.items():
         p50s: list[float] = []
@@ -258,15 +276,18 @@ def _small_bodies(prompts: Sequence[str]) -> list[bytes]:
 def _signals(
     records: Sequence[LabelledPrompt],
     held_out: Sequence[LabelledPrompt],
-    evaluation: dict[Route, list[Outcome]],
+    evaluation: dict[Policy, list[Outcome]],
     latency: dict[str, tuple[float, float]],
 ) -> str:
     every = auroc([r.small_confidence or 0.0 for r in records], [r.small_correct for r in records])
-    held = auroc([o.score for o in evaluation["cascade"]], [o.small_correct for o in evaluation["cascade"]])
-    scored = auroc([o.score for o in evaluation["scored"]], [o.small_correct for o in evaluation["scored"]])
+
+    def held(policy: Policy) -> str:
+        return f"{auroc([o.score for o in evaluation[policy]], [o.small_correct for o in evaluation[policy]]):.3f}"
+
     rows = [
-        ["small confidence (wire logprobs)", f"{every:.3f}", f"{held:.3f}", *_micros(latency["confidence(body)"])],
-        ["scorer prediction (prompt only)", "-", f"{scored:.3f}", *_micros(latency["scorer.predict"])],
+        ["small confidence (wire logprobs)", f"{every:.3f}", held("cascade"), *_micros(latency["confidence(body)"])],
+        ["scorer prediction (prompt only)", "-", held("scored"), *_micros(latency["scorer.predict"])],
+        ["confidence with the scorer's prior", "-", held("cascade+prior"), *_micros(latency["scorer.with_prior"])],
     ]
     headers = ["signal", "AUROC all", "AUROC held-out", "p50 µs", "p99 µs"]
     return (
@@ -275,8 +296,8 @@ def _signals(
     )
 
 
-def _cascade_anatomy(training: list[Outcome], held: list[Outcome], target_cost: float) -> str:
-    """Why the cascade lands where it does: what it keeps on the small model at the calibrated threshold."""
+def _cascade_anatomy(policy: Policy, training: list[Outcome], held: list[Outcome], target_cost: float) -> str:
+    """Why a cascade lands where it does: what it keeps on the small model at the calibrated threshold."""
     threshold = calibrate("cascade", training, Target("cost", target_cost)).threshold
     kept = [o for o in held if o.score >= threshold]
     total = len(held)
@@ -284,7 +305,7 @@ def _cascade_anatomy(training: list[Outcome], held: list[Outcome], target_cost: 
     kept_gain = sum(o.small_correct and not o.large_correct for o in kept) / total
     lost = sum(o.large_correct for o in kept_wrong) / total
     return (
-        f"Cascade at {target_cost:.0%} cost: keeps {len(kept) / total:.1%} of prompts on the small model, "
+        f"{policy} at {target_cost:.0%} cost: keeps {len(kept) / total:.1%} of prompts on the small model, "
         f"{len(kept_wrong) / total:.1%} of all prompts kept while wrong; the large model would have been right on "
         f"{lost / max(len(kept_wrong) / total, 1e-9):.0%} of those (quality lost: {lost:.1%} of prompts), and kept "
         f"answers right where the large model is wrong win back {kept_gain:.1%}."
@@ -293,27 +314,30 @@ def _cascade_anatomy(training: list[Outcome], held: list[Outcome], target_cost: 
 
 def _targets(
     args: argparse.Namespace,
-    curves: dict[Route, list[CurvePoint]],
-    calibration: dict[Route, list[Outcome]],
-    evaluation: dict[Route, list[Outcome]],
-    spreads: dict[Route, float],
+    curves: dict[Policy, list[CurvePoint]],
+    calibration: dict[Policy, list[Outcome]],
+    evaluation: dict[Policy, list[Outcome]],
+    spreads: dict[Policy, float],
     records: Sequence[LabelledPrompt],
     latency: dict[str, tuple[float, float]],
 ) -> str:
     large_quality = curves["cascade"][-1].quality
-    cascade_threshold = calibrate("cascade", calibration["cascade"], Target("cost", args.target_cost)).threshold
-    cascade = _at("cascade", evaluation["cascade"], cascade_threshold, large_quality)
     scored_apgr = apgr(curves["scored"])
     spread = spreads["scored"]
     worst_share = max(abs(held - target) for _, target, _, _, held in _share_calibrations(calibration, evaluation))
     every = auroc([r.small_confidence or 0.0 for r in records], [r.small_correct for r in records])
     p99_ms = latency["scorer.predict"][1] / 1000
-    lines = [
-        (
-            f"cascade keeps ≥ 95% of always-large quality at {args.target_cost:.0%} of its cost",
-            f"{cascade.quality_ratio:.1%} (cost {cascade.cost:.3f})",
-            cascade.quality_ratio >= 0.95,
-        ),
+    lines = []
+    for policy in ("cascade", "cascade+prior"):
+        at = _at_target_cost(policy, calibration, evaluation, args.target_cost, large_quality)
+        lines.append(
+            (
+                f"{policy} keeps ≥ 95% of always-large quality at {args.target_cost:.0%} of its cost",
+                f"{at.quality_ratio:.1%} (cost {at.cost:.3f})",
+                at.quality_ratio >= 0.95,
+            )
+        )
+    lines += [
         (
             "scored APGR clearly above random's 0.500 (by > 3 standard errors)",
             f"{scored_apgr:.3f} ± {spread:.3f}",

@@ -79,8 +79,10 @@ def serve(
         raise click.UsageError("--tls-cert and --tls-key go together")
     settings = _settings()
     config_file = config_path or settings.config
+    from gateway.pipeline.route import check_scorers
+
     try:
-        load_file_config(config_file)
+        check_scorers(load_file_config(config_file))
     except ConfigError as exc:
         click.echo(f"sluice: {exc}", err=True)
         sys.exit(2)
@@ -218,9 +220,12 @@ def config_group() -> None:
 @config_group.command("check")
 @click.argument("path", type=click.Path(dir_okay=False))
 def config_check(path: str) -> None:
-    """Validate a sluice.toml offline; exit 2 naming the offending key if it is invalid."""
+    """Validate a sluice.toml offline, with the scorer artifacts it names; exit 2 naming what is invalid."""
+    from gateway.pipeline.route import check_scorers
+
     try:
         config = load_file_config(path)
+        check_scorers(config)
     except ConfigError as exc:
         click.echo(f"sluice: {exc}", err=True)
         sys.exit(2)

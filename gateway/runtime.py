@@ -43,13 +43,14 @@ class ResolvedRoute(msgspec.Struct, frozen=True, kw_only=True):
     targets: tuple[Target, ...]
     cache: CachePolicy
     threshold: float = 0.0
-    """`cascade`: the confidence for an early exit; `scored`: the predicted chance below which large is called."""
+    """`cascade`: the confidence (with a prior: the combined score) for an early exit; `scored`: the predicted
+    chance below which large is called."""
     latency_budget_s: float | None = None
     """`fallback`: no further deployment is tried after this long."""
     remember_escalations_s: float = 0.0
     """`cascade`: how long an escalated prompt goes straight to the large deployment."""
     scorer: Scorer | None = None
-    """`scored`: the loaded artifact."""
+    """`scored`: the loaded artifact; `cascade`: the prompt prior, if the route has one."""
 
     @property
     def max_context_tokens(self) -> int:

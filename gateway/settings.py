@@ -126,7 +126,11 @@ class CascadeRoute(Base, frozen=True, tag="cascade", tag_field="policy"):
     small: Name
     large: Name
     threshold: Share = 0.6
-    """Confidence (geometric-mean token probability) at or above which the small answer is returned."""
+    """Confidence (geometric-mean token probability) at or above which the small answer is returned; with
+    `scorer`, the combined score instead."""
+    scorer: str | None = None
+    """A scorer artifact trained with a cascade combiner: the decision then combines the answer's confidence
+    with the scorer's prior for the prompt (docs/routing.md). Relative paths: to the configuration file."""
     remember_escalations_s: Annotated[float, msgspec.Meta(ge=0)] = 86_400.0
     """How long an escalated prompt goes straight to the large deployment (0: never remembered)."""
 
@@ -302,7 +306,7 @@ def _with_absolute_paths(source: Path, config: FileConfig) -> FileConfig:
     models = []
     for i, alias in enumerate(config.models):
         route = alias.route
-        if isinstance(route, ScoredRoute):
+        if isinstance(route, ScoredRoute | CascadeRoute) and route.scorer is not None:
             path = (source.parent / route.scorer).resolve()
             if not path.is_file():
                 raise ConfigError(f"{source}: $.models[{i}].route.scorer: no scorer artifact at `{path}`")

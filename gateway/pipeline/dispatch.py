@@ -38,6 +38,7 @@ from gateway.providers.base import (
     UpstreamTimeoutError,
 )
 from gateway.routing.confidence import confidence
+from gateway.routing.features import prompt_text
 from gateway.runtime import ResolvedRoute, Runtime, Target
 
 Acquire = Callable[[Target], contextlib.AbstractAsyncContextManager[None]]
@@ -200,6 +201,8 @@ async def _small_first(
         value = confidence(body)
     except msgspec.MsgspecError:
         value = None
+    if value is not None and resolved.scorer is not None:
+        value = resolved.scorer.with_prior(value, prompt_text(call_.request.messages))
     client_wants_logprobs = call_.payload.get("logprobs") is True
     kept = body if client_wants_logprobs else _without_logprobs(body)
     return Answered(body=kept, spent=spent, decision="cascade:small", confidence=value)

@@ -8,11 +8,13 @@ from pathlib import Path
 from gateway.accounting.pricing import FREE
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.providers.base import Provider
+from gateway.routing.errors import ScorerArtifactError
 from gateway.routing.scorer import Scorer
 from gateway.runtime import ResolvedRoute, Target
 from gateway.schema.openai import ChatRequest
 from gateway.settings import (
     CascadeRoute,
+    ConfigError,
     FallbackRoute,
     FileConfig,
     ScoredRoute,
@@ -40,14 +42,37 @@ def build_routes(config: FileConfig, providers: Mapping[str, Provider]) -> dict[
             resolved = ResolvedRoute(
                 alias=alias.name, policy="cascade", targets=targets, cache=alias.cache, threshold=spec.threshold,
                 remember_escalations_s=spec.remember_escalations_s,
+                scorer=load_scorer(spec.scorer, for_cascade=True) if spec.scorer is not None else None,
             )  # fmt: skip
         elif isinstance(spec, ScoredRoute):
             resolved = ResolvedRoute(
                 alias=alias.name, policy="scored", targets=targets, cache=alias.cache, threshold=spec.threshold,
-                scorer=Scorer.load(Path(spec.scorer)),
+                scorer=load_scorer(spec.scorer, for_cascade=False),
             )  # fmt: skip
         routes[alias.name] = resolved
     return routes
+
+
+def load_scorer(path: str, *, for_cascade: bool) -> Scorer:
+    """A route's verified scorer artifact; a cascade's must carry the combiner it needs (`ConfigError` if not)."""
+    try:
+        scorer = Scorer.load(Path(path))
+    except ScorerArtifactError as exc:
+        raise ConfigError(str(exc)) from None
+    if for_cascade and scorer.artifact.cascade is None:
+        raise ConfigError(
+            f"{path}: this scorer has no cascade combiner; train it on data that carries `small_confidence` "
+            "(e.g. from `sluice simulator dataset`) to use it on a cascade route"
+        )
+    return scorer
+
+
+def check_scorers(config: FileConfig) -> None:
+    """Load every route's scorer once, so `sluice serve` refuses a bad artifact before starting anything."""
+    for alias in config.models:
+        spec = alias.route
+        if isinstance(spec, ScoredRoute | CascadeRoute) and spec.scorer is not None:
+            load_scorer(spec.scorer, for_cascade=isinstance(spec, CascadeRoute))
 
 
 def route_named(routes: dict[str, ResolvedRoute], model: str) -> ResolvedRoute:

@@ -40,7 +40,11 @@ class Calibration(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def outcomes(route: Route, records: Sequence[LabelledPrompt], scorer: Scorer | None = None) -> list[Outcome]:
-    """Each record's score for `route` (the small model's confidence, or the scorer's prediction) and labels."""
+    """Each record's score for `route` and its labels: for `cascade` the small model's confidence (combined with
+    the scorer's prior when a scorer is given, as a cascade route with `scorer` decides), for `scored` the
+    scorer's prediction."""
+    if route == "cascade" and scorer is not None and scorer.artifact.cascade is None:
+        raise DatasetError("this scorer has no cascade combiner; a cascade can only use a scorer trained with one")
     result: list[Outcome] = []
     for number, record in enumerate(records, start=1):
         where = f"record {number}" + (f" (`{record.id}`)" if record.id else "")
@@ -50,6 +54,8 @@ def outcomes(route: Route, records: Sequence[LabelledPrompt], scorer: Scorer | N
             if record.small_confidence is None:
                 raise DatasetError(f"{where} has no `small_confidence`; calibrating `cascade` needs it")
             score = record.small_confidence
+            if scorer is not None:
+                score = scorer.with_prior(score, record.prompt)
         else:
             if scorer is None:
                 raise DatasetError("calibrating `scored` needs a scorer artifact")

@@ -84,6 +84,13 @@ def router_train(
             f"validation: {metrics.validation_examples:,} held-out prompts, AUROC {metrics.validation_auroc:.3f}, "
             f"log loss {metrics.validation_log_loss:.3f}"
         )
+    if metrics.cascade_auroc is not None and metrics.confidence_auroc is not None:
+        click.echo(
+            f"cascade combiner: on the held-out prompts, AUROC {metrics.cascade_auroc:.3f} with the prompt prior "
+            f"vs {metrics.confidence_auroc:.3f} for the small answer's confidence alone"
+        )
+    else:
+        click.echo("no cascade combiner (the data has no `small_confidence` on enough held-out prompts)")
     click.echo(
         f"wrote {out_path}: {artifact.format} version {artifact.version}, content hash {artifact.content_hash[:12]}, "
         f"created {artifact.created_at}"
@@ -93,7 +100,12 @@ def router_train(
 @router.command("calibrate")
 @click.option("--route", required=True, type=click.Choice(["cascade", "scored"]))
 @click.option("--data", "data_paths", multiple=True, required=True, type=_DATA, help="Labelled JSONL; repeatable.")
-@click.option("--scorer", "scorer_path", type=_DATA, help="Scorer artifact (needed for --route scored).")
+@click.option(
+    "--scorer",
+    "scorer_path",
+    type=_DATA,
+    help="Scorer artifact: needed for --route scored; for --route cascade, the route's prompt prior (if it has one).",
+)
 @click.option("--target-large-share", type=click.FloatRange(0, 1), help="Share of prompts sent to the large model.")
 @click.option("--target-cost", type=click.FloatRange(0, min_open=True), help="Cost as a share of always-large's.")
 @click.option("--target-quality", type=click.FloatRange(0, min_open=True), help="Quality as a share of always-large's.")
@@ -135,7 +147,10 @@ def router_calibrate(
         result = calibration.calibrate(route, outcomes, targets[0], cost_ratio)
     except RoutingError as exc:
         raise click.ClickException(str(exc)) from None
-    signal = "the small answer's confidence" if route == "cascade" else "the scorer's prediction"
+    signal = {
+        "cascade": "the small answer's confidence" + (" with the scorer's prior" if scorer is not None else ""),
+        "scored": "the scorer's prediction",
+    }[route]
     click.echo(
         f"{route} on {result.examples:,} labelled prompts: threshold {result.threshold:.6f} "
         f"(large model when {signal} < threshold)"

@@ -2,12 +2,15 @@
 
 A probit Rasch model (one-parameter item response theory), fixed and documented in docs/routing.md:
 
-1. A prompt's difficulty `b` is half visible, half hidden: `b = sqrt(.5) * v + sqrt(.5) * h`, where `v` is a
-   weighted sum of `features.visible_features` standardised over `prompts.generate`'s distribution and `h` is a
-   standard normal drawn from a hash of the prompt text (no feature can see it).
-2. Each tier `t` answers right when its margin `θ_t - b + ε_t` is positive; `ε_t` is a standard normal per
-   (prompt, tier), so the tiers share the difficulty but not their slips. The abilities `θ_t` are solved so the
-   small tier is right on 60% and the large on 90% of generated prompts.
+1. A prompt's difficulty for the small tier `b` is half visible, half hidden: `b = sqrt(.5) * v + sqrt(.5) * h`,
+   where `v` is a weighted sum of `features.visible_features` standardised over `prompts.generate`'s distribution
+   and `h` is a standard normal drawn from a hash of the prompt text (no feature can see it). The large tier's
+   difficulty is its own standard normal, drawn from another hash: what trips the small model says nothing
+   about where the large one slips (the issue's model; sharing the difficulty would put the issue's cascade
+   target out of any router's reach: docs/routing.md, "Why the large tier's difficulty is its own").
+2. Each tier `t` answers right when its margin `θ_t - b_t + ε_t` is positive; `ε_t` is a standard normal per
+   (prompt, tier). The abilities `θ_t` are solved so the small tier is right on 60% and the large on 90% of
+   generated prompts.
 3. The tier's certainty is its own margin read with noise, `margin + σ_r * r_t`; its answer's tokens have
    probability `sigmoid(certainty + 1)` each, jittered per token. `σ_r` is solved so that the small tier's
    confidence (`confidence.confidence` on the wire logprobs) separates right from wrong with AUROC 0.85.
@@ -45,7 +48,7 @@ VISIBLE_WEIGHTS: Final = (0.6, 0.8, 0.8, 0.4)
 VISIBLE_MEAN: Final = 3.659
 VISIBLE_STD: Final = 0.976
 """Mean and standard deviation of the raw visible difficulty over generated prompts (derived, see docs)."""
-ABILITIES: Final[Mapping[Tier, float]] = {"small": 0.350, "large": 1.830}
+ABILITIES: Final[Mapping[Tier, float]] = {"small": 0.350, "large": 1.828}
 """`θ` per tier, solved by `derive_abilities` over 50,000 generated prompts for 60% and 90% right."""
 READOUT_NOISE: Final = 1.27
 """`σ_r`: how noisily a tier's logprobs reflect its margin; solved for AUROC 0.85 of the small tier's confidence."""
@@ -60,7 +63,7 @@ class Judgement(msgspec.Struct, frozen=True):
     """How one tier fares on one prompt."""
 
     difficulty: float
-    """`b`: about standard normal over generated prompts; higher is harder."""
+    """`b_t`, the prompt's difficulty for this tier."""
     right: bool
     certainty: float
     """The tier's noisy view of its own margin; the logprobs are a monotone function of it."""
@@ -75,12 +78,15 @@ def visible_difficulty(text: str) -> float:
     return (raw - VISIBLE_MEAN) / VISIBLE_STD
 
 
-def difficulty(text: str) -> float:
+def difficulty(text: str, tier: Tier) -> float:
+    """`b_t`: about standard normal over generated prompts; higher is harder."""
+    if tier == "large":
+        return _normal(text, "hidden/large")
     return math.sqrt(VISIBLE_SHARE) * visible_difficulty(text) + math.sqrt(1 - VISIBLE_SHARE) * _normal(text, "hidden")
 
 
 def judge(text: str, tier: Tier) -> Judgement:
-    b = difficulty(text)
+    b = difficulty(text, tier)
     margin = ABILITIES[tier] - b + _normal(text, f"slip/{tier}")
     certainty = margin + READOUT_NOISE * _normal(text, f"readout/{tier}")
     probability = min(0.999, max(0.001, 1 / (1 + math.exp(-(certainty + PROBABILITY_OFFSET)))))
@@ -92,10 +98,11 @@ def derive_abilities(texts: Iterable[str]) -> dict[Tier, float]:
 
     Given `b`, a tier is right with probability `Φ(θ - b)`, so no slip needs to be drawn.
     """
-    difficulties = [difficulty(text) for text in texts]
+    prompts = list(texts)
     targets: dict[Tier, float] = {"small": SMALL_ACCURACY, "large": LARGE_ACCURACY}
     abilities: dict[Tier, float] = {}
     for tier, target in targets.items():
+        difficulties = [difficulty(text, tier) for text in prompts]
         low, high = -10.0, 10.0
         for _ in range(60):
             middle = (low + high) / 2

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
 import msgspec
 
+from gateway.routing.combine import CascadeCombiner, sigmoid
 from gateway.routing.errors import ScorerArtifactError
 from gateway.routing.features import VISIBLE_FEATURES, hashed_words, prompt_text, visible_features
 from gateway.schema.openai import Message
@@ -53,6 +53,10 @@ class TrainingMetrics(_Strict, frozen=True, kw_only=True):
     validation_log_loss: float | None
     epochs: int
     l2: float
+    confidence_auroc: float | None = None
+    """AUROC of the small answer's confidence alone on the prompts the cascade combiner was fitted on."""
+    cascade_auroc: float | None = None
+    """AUROC of the combined confidence and prior on those prompts (in-sample for its three weights)."""
 
 
 class ScorerArtifact(_Strict, frozen=True, kw_only=True):
@@ -61,7 +65,8 @@ class ScorerArtifact(_Strict, frozen=True, kw_only=True):
     created_at: str
     """ISO 8601 UTC time of training."""
     content_hash: str
-    """blake2b-256 of the canonical JSON of `label`, `spec`, `bias`, `visible_weights`, `word_weights`."""
+    """blake2b-256 of the canonical JSON of `label`, `spec`, `bias`, `visible_weights`, `word_weights`, then
+    of `cascade` when there is one."""
     label: Literal["small_correct"] = "small_correct"
     """What the scorer predicts: the probability that the small model answers right."""
     spec: FeatureSpec
@@ -70,6 +75,9 @@ class ScorerArtifact(_Strict, frozen=True, kw_only=True):
     word_weights: list[float]
     """One weight per hash bucket."""
     metrics: TrainingMetrics
+    cascade: CascadeCombiner | None = None
+    """Weights that combine a cascade's small-answer confidence with this scorer's prior (`combine.py`);
+    trained only from data that carries the small model's confidence."""
 
 
 class _Content(msgspec.Struct, array_like=True):
@@ -93,26 +101,41 @@ _format_decoder: Final = msgspec.json.Decoder(_FormatView)
 
 
 def content_hash(
-    spec: FeatureSpec, bias: float, visible_weights: list[float], word_weights: list[float], label: str
+    spec: FeatureSpec,
+    bias: float,
+    visible_weights: list[float],
+    word_weights: list[float],
+    label: str,
+    cascade: CascadeCombiner | None = None,
 ) -> str:
-    content = _Content(label, spec, bias, visible_weights, word_weights)
-    return hashlib.blake2b(_encoder.encode(content), digest_size=32).hexdigest()
+    """A scorer without a combiner hashes as it always did, so artifacts trained before combiners still load."""
+    digest = hashlib.blake2b(digest_size=32)
+    digest.update(_encoder.encode(_Content(label, spec, bias, visible_weights, word_weights)))
+    if cascade is not None:
+        digest.update(_encoder.encode(cascade))
+    return digest.hexdigest()
 
 
 def build_artifact(
-    spec: FeatureSpec, bias: float, visible_weights: list[float], word_weights: list[float], metrics: TrainingMetrics
+    spec: FeatureSpec,
+    bias: float,
+    visible_weights: list[float],
+    word_weights: list[float],
+    metrics: TrainingMetrics,
+    cascade: CascadeCombiner | None = None,
 ) -> ScorerArtifact:
     """A new artifact stamped with the current format version, the time and its content hash."""
     return ScorerArtifact(
         format=FORMAT,
         version=VERSION,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        content_hash=content_hash(spec, bias, visible_weights, word_weights, "small_correct"),
+        content_hash=content_hash(spec, bias, visible_weights, word_weights, "small_correct", cascade),
         spec=spec,
         bias=bias,
         visible_weights=visible_weights,
         word_weights=word_weights,
         metrics=metrics,
+        cascade=cascade,
     )
 
 
@@ -140,7 +163,7 @@ def load_artifact(path: Path) -> ScorerArtifact:
     except msgspec.ValidationError as exc:
         raise ScorerArtifactError(f"{path}: invalid scorer artifact: {exc}") from None
     expected = content_hash(
-        artifact.spec, artifact.bias, artifact.visible_weights, artifact.word_weights, artifact.label
+        artifact.spec, artifact.bias, artifact.visible_weights, artifact.word_weights, artifact.label, artifact.cascade
     )
     if expected != artifact.content_hash:
         raise ScorerArtifactError(
@@ -193,15 +216,17 @@ class Scorer:
         weights = self._words
         for index, value in words.items():
             logit += weights[index] * value
-        return _sigmoid(logit)
+        return sigmoid(logit)
 
     def predict_messages(self, messages: Sequence[Message]) -> float:
         """`predict` on a chat request's messages (`features.prompt_text`), as the `scored` route calls it."""
         return self.predict(prompt_text(messages))
 
+    def with_prior(self, confidence: float, text: str) -> float:
+        """A cascade's decision score: the small answer's `confidence` combined with this prompt's prediction.
 
-def _sigmoid(logit: float) -> float:
-    if logit >= 0:
-        return 1 / (1 + math.exp(-logit))
-    exp = math.exp(logit)
-    return exp / (1 + exp)
+        Only for an artifact trained with a combiner (`artifact.cascade`); `route.py` checks that at start-up."""
+        combiner = self.artifact.cascade
+        if combiner is None:
+            raise ScorerArtifactError(f"scorer {self.version} has no cascade combiner")
+        return combiner.combine(confidence, self.predict(text))

@@ -4,6 +4,9 @@ The input is labelled prompts (`dataset.LabelledPrompt`, from a JSONL file) or f
 records that kept their prompt's features, joined with feedback labels: `feedback_data.py`), or both. A few
 thousand prompts train in seconds with AdaGrad SGD, and nothing heavier than the standard library is needed
 to train or serve.
+
+When the data carries the small model's confidence (`small_confidence`, as the simulator's datasets do), the
+artifact also gets a cascade combiner (`combine.py`), fitted on the validation prompts the scorer never saw.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Final
 
 import msgspec
 
+from gateway.routing.combine import CascadeCombiner, fit_combiner, sigmoid
 from gateway.routing.dataset import LabelledPrompt, held_out_key
 from gateway.routing.errors import DatasetError
 from gateway.routing.evaluation import auroc
@@ -23,6 +27,8 @@ from gateway.routing.features import VISIBLE_FEATURES, hashed_words, visible_fea
 from gateway.routing.scorer import FeatureSpec, Scorer, ScorerArtifact, TrainingMetrics, build_artifact
 
 _EPSILON: Final = 1e-8
+MIN_COMBINER_EXAMPLES: Final = 100
+"""Validation prompts with a confidence below which no cascade combiner is fitted (three weights need a few)."""
 
 
 class TrainingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -50,6 +56,8 @@ class Example(msgspec.Struct, frozen=True):
     visible: tuple[float, float, float, float]
     words: dict[int, float]
     label: bool
+    confidence: float | None = None
+    """The small answer's confidence, when the data has it (fits the cascade combiner)."""
 
 
 def examples_from_prompts(records: Sequence[LabelledPrompt], buckets: int) -> list[Example]:
@@ -59,6 +67,7 @@ def examples_from_prompts(records: Sequence[LabelledPrompt], buckets: int) -> li
             visible=visible_features(record.prompt).values(),
             words=hashed_words(record.prompt, buckets),
             label=record.small_correct,
+            confidence=record.small_confidence,
         )
         for record in records
     ]
@@ -94,9 +103,10 @@ def train_examples(examples: Sequence[Example], options: TrainingOptions | None 
         epochs=options.epochs,
         l2=options.l2,
     )
-    artifact = build_artifact(spec, bias, visible_weights, word_weights, metrics)
+    scorer = Scorer(build_artifact(spec, bias, visible_weights, word_weights, metrics))
+    combiner, confidence_auroc, cascade_auroc = _combiner(scorer, validate_on)
+    artifact = build_artifact(spec, bias, visible_weights, word_weights, metrics, combiner)
     # Measured with the serving code path; metrics are outside the content hash, so filling them in keeps it.
-    scorer = Scorer(artifact)
     train_auroc = auroc([_predict(scorer, example) for example in fit_on], [example.label for example in fit_on])
     validation_auroc = validation_log_loss = None
     if len({example.label for example in validate_on}) == 2:
@@ -107,9 +117,32 @@ def train_examples(examples: Sequence[Example], options: TrainingOptions | None 
             for p, example in zip(predictions, validate_on, strict=True)
         )
     metrics = msgspec.structs.replace(
-        metrics, train_auroc=train_auroc, validation_auroc=validation_auroc, validation_log_loss=validation_log_loss
+        metrics,
+        train_auroc=train_auroc,
+        validation_auroc=validation_auroc,
+        validation_log_loss=validation_log_loss,
+        confidence_auroc=confidence_auroc,
+        cascade_auroc=cascade_auroc,
     )
     return msgspec.structs.replace(artifact, metrics=metrics)
+
+
+def _combiner(
+    scorer: Scorer, validate_on: Sequence[Example]
+) -> tuple[CascadeCombiner | None, float | None, float | None]:
+    """(combiner, confidence-alone AUROC, combined AUROC) from the validation prompts that carry a confidence.
+
+    Fitted out of the scorer's sample: in-sample predictions are sharper than served ones and would earn the
+    prior more weight than it deserves."""
+    rated = [example for example in validate_on if example.confidence is not None]
+    labels = [example.label for example in rated]
+    if len(rated) < MIN_COMBINER_EXAMPLES or len(set(labels)) < 2:
+        return None, None, None
+    confidences = [example.confidence for example in rated if example.confidence is not None]
+    priors = [_predict(scorer, example) for example in rated]
+    combiner = fit_combiner(confidences, priors, labels)
+    combined = [combiner.combine(c, p) for c, p in zip(confidences, priors, strict=True)]
+    return combiner, auroc(confidences, labels), auroc(combined, labels)
 
 
 def _predict(scorer: Scorer, example: Example) -> float:
@@ -145,7 +178,7 @@ def _fit(
         for position in order:
             row = rows[position]
             logit = bias + sum(weights[i] * value for i, value in row)
-            error = _sigmoid(logit) - (1.0 if examples[position].label else 0.0)
+            error = sigmoid(logit) - (1.0 if examples[position].label else 0.0)
             bias_square += error * error
             bias -= rate * error / (math.sqrt(bias_square) + _EPSILON)
             for i, value in row:
@@ -153,10 +186,3 @@ def _fit(
                 squares[i] += gradient * gradient
                 weights[i] -= rate * gradient / (math.sqrt(squares[i]) + _EPSILON)
     return bias, weights[:visible_count], weights[visible_count:]
-
-
-def _sigmoid(logit: float) -> float:
-    if logit >= 0:
-        return 1 / (1 + math.exp(-logit))
-    exp = math.exp(logit)
-    return exp / (1 + exp)

@@ -20,15 +20,17 @@ def large_share_on(data: list[Outcome], threshold: float) -> float:
 
 
 @pytest.mark.parametrize("target", [0.2, 0.45, 0.7])
-@pytest.mark.parametrize("route", ["cascade", "scored"])
+@pytest.mark.parametrize("policy", ["cascade", "cascade with prior", "scored"])
 def test_threshold_for_a_target_large_share_lands_within_3_points_on_held_out_prompts(
-    halves: Halves, scorer: Scorer, route: Route, target: float
+    halves: Halves, scorer: Scorer, policy: str, target: float
 ) -> None:
     """Calibrated on one half of the prompts (the scorer's training half), measured on the other."""
     training, held_out = halves
-    result = calibrate(route, outcomes(route, training, scorer), Target("large_share", target))
+    route: Route = "scored" if policy == "scored" else "cascade"
+    used = None if policy == "cascade" else scorer
+    result = calibrate(route, outcomes(route, training, used), Target("large_share", target))
     assert abs(result.point.large_share - target) < 0.005
-    assert abs(large_share_on(outcomes(route, held_out, scorer), result.threshold) - target) <= 0.03
+    assert abs(large_share_on(outcomes(route, held_out, used), result.threshold) - target) <= 0.03
 
 
 def test_threshold_for_a_target_cost_stays_within_it_counting_the_small_call_on_every_prompt(halves: Halves) -> None:

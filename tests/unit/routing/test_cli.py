@@ -54,6 +54,31 @@ def test_router_train_writes_an_artifact_that_loads(data: Path, tmp_path: Path) 
     assert "validation:" in result.output
     assert scorer.artifact.spec.buckets == 256
     assert scorer.artifact.metrics.examples + scorer.artifact.metrics.validation_examples == 400
+    assert "no cascade combiner" in result.output, "about 80 held-out prompts are too few to fit one"
+    assert scorer.artifact.cascade is None
+
+
+def test_router_train_fits_a_cascade_combiner_that_calibrate_uses(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scorer.json"
+    result = sluice("router", "train", "--data", data, "--out", out, "--validation-share", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "cascade combiner: on the held-out prompts, AUROC" in result.output
+    assert Scorer.load(out).artifact.cascade is not None
+    calibrate: list[str | Path] = [
+        "router",
+        "calibrate",
+        "--route",
+        "cascade",
+        "--data",
+        data,
+        "--scorer",
+        out,
+        "--target-cost",
+        "0.5",
+    ]
+    result = sluice(*calibrate)
+    assert result.exit_code == 0, result.output
+    assert "large model when the small answer's confidence with the scorer's prior < threshold" in result.output
 
 
 def test_router_train_combines_several_files(data: Path, tmp_path: Path) -> None:

@@ -51,11 +51,19 @@ def test_small_confidence_separates_right_from_wrong_with_auroc_085(records: lis
     assert abs(value - 0.85) <= 0.02, value
 
 
-def test_tiers_are_right_less_often_on_prompts_that_look_hard(records: list[LabelledPrompt]) -> None:
+def test_the_small_tier_is_right_less_often_on_prompts_that_look_hard(records: list[LabelledPrompt]) -> None:
     plain = [r for r in records if len(r.prompt.split()) < 15 and "```" not in r.prompt]
     coded = [r for r in records if "```" in r.prompt]
     assert share([r.small_correct for r in plain]) > share([r.small_correct for r in coded]) + 0.1
-    assert share([bool(r.large_correct) for r in plain]) > share([bool(r.large_correct) for r in coded])
+
+
+def test_the_large_tiers_slips_are_its_own(records: list[LabelledPrompt]) -> None:
+    """The large tier's difficulty is drawn apart from the small one's (docs/routing.md): it is right on 90% of
+    the prompts the small tier gets wrong, and of those that look hard, as of any others."""
+    small_wrong = [bool(r.large_correct) for r in records if not r.small_correct]
+    coded = [bool(r.large_correct) for r in records if "```" in r.prompt]
+    for sample in (small_wrong, coded):
+        assert abs(share(sample) - LARGE_ACCURACY) <= three_sigma(LARGE_ACCURACY, len(sample)), share(sample)
 
 
 def test_dataset_labels_are_what_the_difficulty_model_decides(records: list[LabelledPrompt]) -> None:
