@@ -9,7 +9,7 @@ answer's confidence alone, and combined with the scorer's prior for the prompt (
 Quality and cost are ratios against always-large on the same prompts; a cascade pays for the small call on every
 prompt and the large call on each escalation.
 
-    .venv/bin/python bench/routing.py                        # 20,000 prompts, about 40 s
+    .venv/bin/python bench/routing.py                        # 20,000 prompts, about 2 min
     .venv/bin/python bench/routing.py --prompts 4000 --seed 3
 
 Missed targets do not fail the run (figures are not assertions); the exit status is 1 only if a consistency

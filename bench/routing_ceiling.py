@@ -8,9 +8,9 @@ escalated, which is half of always-large's cost at a 1/20 price), it prints the 
 quality kept by
 
 - the cascade on the confidence alone, and
-- the best any cascade can do with the confidence and the prompt's visible difficulty: escalating the prompts
-  with the highest expected gain `E[large right − small right | confidence, visible]` (read off 2-D bins of
-  the samples themselves, so it is an upper bound no trained router can beat).
+- about the best any cascade can do with the confidence and the prompt's visible difficulty: escalating the
+  prompts with the highest expected gain `E[large right − small right | confidence, visible]`, read off 2-D
+  bins of the same samples (an estimate of the ceiling, slightly optimistic, not a bound).
 
     .venv/bin/python bench/routing_ceiling.py            # 200,000 samples, about 10 s
 """
@@ -38,8 +38,8 @@ def main() -> None:
     rows = [_row(rho, args.samples, args.seed) for rho in (0.0, 0.25, 0.5, 0.75, 1.0)]
     print(
         f"Quality kept (share of always-large's) with {ESCALATED:.0%} of prompts escalated, {args.samples:,} samples; "
-        "ρ = how much of the small tier's difficulty the large tier shares\n"
-        + table(["ρ", "confidence cascade", "best cascade (confidence + prompt)"], rows)
+        "ρ = how much of the small tier's difficulty the large tier shares (idealised: normal features)\n"
+        + table(["ρ", "confidence cascade", "≈ best cascade (confidence + prompt)"], rows)
     )
 
 

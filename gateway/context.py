@@ -31,6 +31,7 @@ class RequestContext:
         "route",
         "routing_features",
         "served_model",
+        "small_confidence",
         "stage_spans",
         "started_ns",
         "started_ns_wall",
@@ -61,7 +62,10 @@ class RequestContext:
         self.routing_features: bytes | None = None
         """A confidence-routed prompt's scorer features, kept in its usage record for training."""
         self.confidence: float | None = None
-        """The router's confidence (cascade: the small answer's; scored: the scorer's prediction)."""
+        """The router's confidence (cascade: the small answer's, combined with the prompt prior when the route has
+        one; scored: the scorer's prediction)."""
+        self.small_confidence: float | None = None
+        """A cascade with a prompt prior: the small answer's own confidence, before the prior was combined."""
         self.stream = False
         self.usage: TokenUsage | None = None
         self.cost: Decimal | None = None

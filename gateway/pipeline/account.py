@@ -129,6 +129,7 @@ def finish(rt: Runtime, ctx: RequestContext) -> None:
         served_model=ctx.served_model,
         route=ctx.route,
         confidence=ctx.confidence,
+        small_confidence=ctx.small_confidence,
         cache=ctx.cache,
         stream=ctx.stream,
         prompt_tokens=usage.prompt_tokens if usage else None,

@@ -202,6 +202,7 @@ async def _small_first(
     except msgspec.MsgspecError:
         value = None
     if value is not None and resolved.scorer is not None:
+        ctx.small_confidence = value  # logged beside the combined score: tells answer drift from prior drift
         value = resolved.scorer.with_prior(value, prompt_text(call_.request.messages))
     client_wants_logprobs = call_.payload.get("logprobs") is True
     kept = body if client_wants_logprobs else _without_logprobs(body)

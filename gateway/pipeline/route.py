@@ -8,6 +8,7 @@ from pathlib import Path
 from gateway.accounting.pricing import FREE
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.providers.base import Provider
+from gateway.routing.combine import MIN_COMBINER_EXAMPLES
 from gateway.routing.errors import ScorerArtifactError
 from gateway.routing.scorer import Scorer
 from gateway.runtime import ResolvedRoute, Target
@@ -61,8 +62,9 @@ def load_scorer(path: str, *, for_cascade: bool) -> Scorer:
         raise ConfigError(str(exc)) from None
     if for_cascade and scorer.artifact.cascade is None:
         raise ConfigError(
-            f"{path}: this scorer has no cascade combiner; train it on data that carries `small_confidence` "
-            "(e.g. from `sluice simulator dataset`) to use it on a cascade route"
+            f"{path}: this scorer has no cascade combiner; `sluice router train` fits one on the held-out prompts "
+            f"(`--validation-share` > 0) when at least {MIN_COMBINER_EXAMPLES} of them carry `small_confidence` "
+            "(as `sluice simulator dataset` writes them)"
         )
     return scorer
 

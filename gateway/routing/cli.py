@@ -60,6 +60,7 @@ def router_train(
 ) -> None:
     """Fit the scorer on labelled prompts (`prompt`, `small_correct`) and/or rated answers, and write a
     versioned artifact."""
+    from gateway.routing.combine import MIN_COMBINER_EXAMPLES
     from gateway.routing.scorer import save
     from gateway.routing.train import TrainingOptions, examples_from_prompts, train_examples
 
@@ -86,11 +87,15 @@ def router_train(
         )
     if metrics.cascade_auroc is not None and metrics.confidence_auroc is not None:
         click.echo(
-            f"cascade combiner: on the held-out prompts, AUROC {metrics.cascade_auroc:.3f} with the prompt prior "
-            f"vs {metrics.confidence_auroc:.3f} for the small answer's confidence alone"
+            f"cascade combiner: on the scorer's held-out prompts (which fitted its three weights), AUROC "
+            f"{metrics.cascade_auroc:.3f} with the prompt prior vs {metrics.confidence_auroc:.3f} for the small "
+            "answer's confidence alone"
         )
     else:
-        click.echo("no cascade combiner (the data has no `small_confidence` on enough held-out prompts)")
+        click.echo(
+            "no cascade combiner: it is fitted on the scorer's held-out prompts that carry `small_confidence`, "
+            f"and fewer than {MIN_COMBINER_EXAMPLES} of them did"
+        )
     click.echo(
         f"wrote {out_path}: {artifact.format} version {artifact.version}, content hash {artifact.content_hash[:12]}, "
         f"created {artifact.created_at}"

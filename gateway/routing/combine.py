@@ -18,10 +18,14 @@ import msgspec
 
 from gateway.routing.errors import DatasetError
 
-_CLAMP: Final = 1e-6
+_CLAMP: Final = 1e-3
+"""Signals are read within [0.001, 0.999]: a real upstream's logprob of 0 (confidence 1.0) would otherwise reach
+logits far beyond anything the weights were fitted on, where the prior could never overrule the answer."""
 _RIDGE: Final = 1e-3
 """A small L2 penalty: keeps Newton's steps finite when one signal separates the labels perfectly."""
 _ITERATIONS: Final = 50
+MIN_COMBINER_EXAMPLES: Final = 100
+"""Held-out prompts with a confidence below which training fits no combiner (three weights need a few)."""
 
 
 class CascadeCombiner(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,6 +48,7 @@ def fit_combiner(confidences: Sequence[float], priors: Sequence[float], labels: 
     rows = [(1.0, logit(c), logit(p)) for c, p in zip(confidences, priors, strict=True)]
     targets = [1.0 if label else 0.0 for label in labels]
     weights = [0.0, 0.0, 0.0]
+    converged = False
     for _ in range(_ITERATIONS):
         gradient = [_RIDGE * w for w in weights]
         hessian = [[_RIDGE if i == j else 0.0 for j in range(3)] for i in range(3)]
@@ -56,8 +61,11 @@ def fit_combiner(confidences: Sequence[float], priors: Sequence[float], labels: 
                     hessian[i][j] += curvature * row[i] * row[j]
         step = _solve(hessian, gradient)
         weights = [w - s for w, s in zip(weights, step, strict=True)]
-        if max(abs(s) for s in step) < 1e-10:
+        if max(abs(s) for s in step) < 1e-9:
+            converged = True
             break
+    if not converged or not all(math.isfinite(w) for w in weights):
+        raise DatasetError(f"the cascade combiner did not converge in {_ITERATIONS} Newton steps (weights {weights})")
     return CascadeCombiner(bias=weights[0], confidence_weight=weights[1], prior_weight=weights[2])
 
 

@@ -6,8 +6,8 @@ A probit Rasch model (one-parameter item response theory), fixed and documented 
    where `v` is a weighted sum of `features.visible_features` standardised over `prompts.generate`'s distribution
    and `h` is a standard normal drawn from a hash of the prompt text (no feature can see it). The large tier's
    difficulty is its own standard normal, drawn from another hash: what trips the small model says nothing
-   about where the large one slips (the issue's model; sharing the difficulty would put the issue's cascade
-   target out of any router's reach: docs/routing.md, "Why the large tier's difficulty is its own").
+   about where the large one slips. Sharing it would put the issue's cascade target out of any router's reach;
+   docs/routing.md ("Why the large tier's difficulty is its own") says why this reading, and what it costs.
 2. Each tier `t` answers right when its margin `θ_t - b_t + ε_t` is positive; `ε_t` is a standard normal per
    (prompt, tier). The abilities `θ_t` are solved so the small tier is right on 60% and the large on 90% of
    generated prompts.

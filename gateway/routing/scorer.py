@@ -42,7 +42,7 @@ class FeatureSpec(_Strict, frozen=True, kw_only=True):
     """Visible features are standardised with these training-set means and standard deviations."""
 
 
-class TrainingMetrics(_Strict, frozen=True, kw_only=True):
+class TrainingMetrics(_Strict, frozen=True, kw_only=True, omit_defaults=True):
     examples: int
     """Prompts the weights were fitted on."""
     validation_examples: int
@@ -59,7 +59,10 @@ class TrainingMetrics(_Strict, frozen=True, kw_only=True):
     """AUROC of the combined confidence and prior on those prompts (in-sample for its three weights)."""
 
 
-class ScorerArtifact(_Strict, frozen=True, kw_only=True):
+class ScorerArtifact(_Strict, frozen=True, kw_only=True, omit_defaults=True):
+    """Fields that default to null are left out of the file, so an artifact without a cascade combiner is one the
+    Sluice before combiners reads too (a rollback keeps working); one with a combiner needs this version."""
+
     format: Literal["sluice.router.scorer"]
     version: int
     created_at: str
@@ -67,7 +70,7 @@ class ScorerArtifact(_Strict, frozen=True, kw_only=True):
     content_hash: str
     """blake2b-256 of the canonical JSON of `label`, `spec`, `bias`, `visible_weights`, `word_weights`, then
     of `cascade` when there is one."""
-    label: Literal["small_correct"] = "small_correct"
+    label: Literal["small_correct"]
     """What the scorer predicts: the probability that the small model answers right."""
     spec: FeatureSpec
     bias: float
@@ -130,6 +133,7 @@ def build_artifact(
         version=VERSION,
         created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         content_hash=content_hash(spec, bias, visible_weights, word_weights, "small_correct", cascade),
+        label="small_correct",
         spec=spec,
         bias=bias,
         visible_weights=visible_weights,

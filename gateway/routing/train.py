@@ -19,7 +19,7 @@ from typing import Final
 
 import msgspec
 
-from gateway.routing.combine import CascadeCombiner, fit_combiner, sigmoid
+from gateway.routing.combine import MIN_COMBINER_EXAMPLES, CascadeCombiner, fit_combiner, sigmoid
 from gateway.routing.dataset import LabelledPrompt, held_out_key
 from gateway.routing.errors import DatasetError
 from gateway.routing.evaluation import auroc
@@ -27,8 +27,6 @@ from gateway.routing.features import VISIBLE_FEATURES, hashed_words, visible_fea
 from gateway.routing.scorer import FeatureSpec, Scorer, ScorerArtifact, TrainingMetrics, build_artifact
 
 _EPSILON: Final = 1e-8
-MIN_COMBINER_EXAMPLES: Final = 100
-"""Validation prompts with a confidence below which no cascade combiner is fitted (three weights need a few)."""
 
 
 class TrainingOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -98,6 +98,15 @@ async def test_a_cascade_with_a_prompt_prior_decides_on_the_combined_score(
             )
             assert raw.headers["x-sluice-route"] == decision
             assert float(raw.headers["x-sluice-confidence"]) == pytest.approx(combined[prompt], abs=1e-4)
+            # A streaming request decides the same way (the small answer is buffered, then replayed or escalated).
+            async with client.chat.completions.with_streaming_response.create(
+                model="auto", messages=[{"role": "user", "content": prompt}], stream=True
+            ) as streamed:
+                assert streamed.headers["x-sluice-route"] == decision
+                assert float(streamed.headers["x-sluice-confidence"]) == pytest.approx(combined[prompt], abs=1e-4)
+                chunks = [chunk async for chunk in await streamed.parse()]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text == raw.parse().choices[0].message.content
 
 
 async def test_a_cascade_scorer_path_is_relative_to_the_configuration_file(tmp_path: Path, scorer_path: Path) -> None:
@@ -141,3 +150,7 @@ async def test_config_check_verifies_the_scorers_a_cascade_needs(tmp_path: Path,
         result = CliRunner().invoke(main, ["config", "check", str(config)])
         assert result.exit_code == code, result.output
         assert message in result.output
+    # `sluice serve` refuses it the same way, before starting a database or a worker.
+    result = CliRunner().invoke(main, ["serve", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "no cascade combiner" in result.output

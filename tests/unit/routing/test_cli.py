@@ -10,6 +10,7 @@ from click.testing import CliRunner, Result
 
 from gateway.cli import main
 from gateway.routing import cli as routing_cli
+from gateway.routing.calibrate import Target, calibrate, outcomes
 from gateway.routing.dataset import LabelledPrompt, read_jsonl, write_jsonl
 from gateway.routing.difficulty import SMALL_PRICE_RATIO
 from gateway.routing.scorer import Scorer
@@ -62,9 +63,10 @@ def test_router_train_fits_a_cascade_combiner_that_calibrate_uses(data: Path, tm
     out = tmp_path / "scorer.json"
     result = sluice("router", "train", "--data", data, "--out", out, "--validation-share", "0.5")
     assert result.exit_code == 0, result.output
-    assert "cascade combiner: on the held-out prompts, AUROC" in result.output
-    assert Scorer.load(out).artifact.cascade is not None
-    calibrate: list[str | Path] = [
+    assert "cascade combiner: on the scorer's held-out prompts" in result.output
+    scorer = Scorer.load(out)
+    assert scorer.artifact.cascade is not None
+    command: list[str | Path] = [
         "router",
         "calibrate",
         "--route",
@@ -76,9 +78,11 @@ def test_router_train_fits_a_cascade_combiner_that_calibrate_uses(data: Path, tm
         "--target-cost",
         "0.5",
     ]
-    result = sluice(*calibrate)
+    result = sluice(*command)
     assert result.exit_code == 0, result.output
     assert "large model when the small answer's confidence with the scorer's prior < threshold" in result.output
+    expected = calibrate("cascade", outcomes("cascade", read_jsonl(data), scorer), Target("cost", 0.5))
+    assert f"threshold {expected.threshold:.6f}" in result.output
 
 
 def test_router_train_combines_several_files(data: Path, tmp_path: Path) -> None:
