@@ -20,6 +20,7 @@ Domain errors (`tenants.errors`, `quota.errors`, provider `UpstreamError`s) are 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import msgspec
@@ -36,6 +37,8 @@ from gateway.providers.base import (
 from gateway.schema.openai import ErrorBody, ErrorDetail
 from quota.errors import QuotaBackendError, QuotaExceededError
 from tenants.errors import InvalidKeyError, TenantNotFoundError, TenantsBackendError
+
+_log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -197,6 +200,8 @@ def to_gateway_error(exc: BaseException) -> GatewayError:
         return InvalidRequestError(str(exc.detail), param=_validation_param(exc))
     if isinstance(exc, HTTPException):
         return _from_framework(exc)
+    # A bug, not a refusal: the client gets a bare 500, the operator the traceback (no locals, so no secrets).
+    _log.error("unexpected %s while handling a request", type(exc).__name__, exc_info=exc)
     return GatewayError("The gateway failed to handle the request.")
 
 

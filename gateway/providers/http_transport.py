@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import io
 import math
 import os
 import time
@@ -42,6 +43,8 @@ MAX_LINE_BYTES: Final = 1024 * 1024
 """Largest single SSE line accepted from an upstream."""
 _MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 _MAX_MESSAGE_CHARS: Final = 500
+_LARGE_BODY: Final = 1024 * 1024
+"""aiohttp's `TOO_LARGE_BYTES_BODY`: larger request bodies go as a stream, not as one bytes payload."""
 
 
 class _ErrorDetail(msgspec.Struct):
@@ -149,12 +152,15 @@ class HttpTransport:
     async def _send(self, url: str, payload: JsonObject, *, accept: str) -> aiohttp.ClientResponse:
         """POST the payload and return a 2xx response whose headers have arrived; raise otherwise."""
         body = encoder.encode(payload)
+        # aiohttp warns (an error under `-W error`) on a bytes body over 1 MiB and wants a file-like one, which it
+        # sends in chunks: a long prompt or an inlined image passes that easily.
+        data: bytes | io.BytesIO = io.BytesIO(body) if len(body) > _LARGE_BODY else body
         headers = {**self._headers, "Accept": accept}
         first_byte_s = self._config.timeouts.first_byte_s
         session = self._client()
         try:
             async with asyncio.timeout(first_byte_s):
-                resp = await session.post(url, data=body, headers=headers, allow_redirects=False)
+                resp = await session.post(url, data=data, headers=headers, allow_redirects=False)
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamTimeoutError(
                 f"no connection within {self._config.timeouts.connect_s:g} s to deployment `{self._config.name}`"

@@ -66,7 +66,7 @@ class FakeUpstream:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=32 * 1024 * 1024)  # like real upstreams, which take large prompts
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         return app

@@ -82,3 +82,16 @@ async def test_events_cut_short_are_a_broken_stream_naming_what_was_missing(
             async for payload in transport.events(resp, last_event=last_event):
                 received.append(payload)
     assert received == fake.requests[-1]["events"]
+
+
+async def test_a_body_over_a_mebibyte_is_sent_whole(fake: FakeUpstream, make_transport: TransportFactory) -> None:
+    """A long prompt or an inlined image: streamed to the upstream rather than handed to aiohttp as one bytes
+    payload (which it warns about, an error under `-W error`), and it arrives byte for byte."""
+    transport = make_transport()
+    payload = chat("fake-ok")
+    payload["messages"][0]["content"] = "x" * (3 * 1024 * 1024)
+    async with transport.post(f"{fake.base_url}/chat/completions", payload, accept="application/json") as resp:
+        await transport.read_json(resp)
+    sent = fake.requests[-1]
+    assert sent["json"] == payload
+    assert sent["headers"]["Content-Type"] == "application/json"
