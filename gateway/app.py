@@ -42,6 +42,7 @@ from gateway.api.openai import (
     own_usage,
     rate_answer,
 )
+from gateway.api.openapi_docs import COMPONENTS, TENANT_SECURITY
 from gateway.api.ops import healthz, metrics, readyz
 from gateway.errors import error_body, to_gateway_error
 from gateway.feedback import FeedbackStore
@@ -191,6 +192,8 @@ def create_app(
             title="Sluice",
             version=__version__,
             path="/schema",
+            components=COMPONENTS,
+            security=TENANT_SECURITY,
             render_plugins=[JsonRenderPlugin(), SwaggerRenderPlugin()],
         ),
         debug=False,

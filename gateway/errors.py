@@ -197,12 +197,20 @@ def to_gateway_error(exc: BaseException) -> GatewayError:
     if isinstance(exc, UpstreamError):
         return from_upstream(exc)
     if isinstance(exc, ValidationException):
-        return InvalidRequestError(str(exc.detail), param=_validation_param(exc))
+        return InvalidRequestError(_validation_message(exc), param=_validation_param(exc))
     if isinstance(exc, HTTPException):
         return _from_framework(exc)
     # A bug, not a refusal: the client gets a bare 500, the operator the traceback (no locals, so no secrets).
     _log.error("unexpected %s while handling a request", type(exc).__name__, exc_info=exc)
     return GatewayError("The gateway failed to handle the request.")
+
+
+def _validation_message(exc: ValidationException) -> str:
+    """litestar's detail is only "Validation failed for POST …"; its `extra` says what failed."""
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict) and extra[0].get("message"):
+        return f"Invalid request: {str(extra[0]['message'])[:300]}"
+    return str(exc.detail)
 
 
 def _validation_param(exc: ValidationException) -> str | None:

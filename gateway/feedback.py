@@ -24,6 +24,10 @@ class Feedback(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rating: Literal["good", "bad"]
     comment: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
 
+    def __post_init__(self) -> None:
+        if self.comment is not None and "\x00" in self.comment:
+            raise ValueError("`comment` must not contain NUL (\\u0000)")  # Postgres refuses it in text
+
 
 class FeedbackStore:
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 
 from gateway.accounting.usage import month_start, quota_remaining, usage_summary
+from gateway.api.openapi_docs import ADMIN_ERRORS, ADMIN_SECURITY
 from gateway.errors import AuthenticationError, InvalidRequestError
 from gateway.pipeline.admit import configured_levels
 from gateway.runtime import Runtime
@@ -45,9 +46,10 @@ def require_admin(connection: ASGIConnection[BaseRouteHandler, None, None, State
 
 
 def _checked(quota: Quota) -> Quota:
-    param = check_quota(quota)
-    if param is not None:
-        raise InvalidRequestError("Budgets must not be negative.", param=param)
+    problem = check_quota(quota)
+    if problem is not None:
+        param, message = problem
+        raise InvalidRequestError(message, param=param)
     return quota
 
 
@@ -71,35 +73,35 @@ def _key_out(key: ApiKey) -> KeyOut:
     )
 
 
-@post("/tenants", status_code=201)
+@post("/tenants", status_code=201, responses=ADMIN_ERRORS)
 async def create_tenant(data: TenantIn, state: State) -> TenantOut:
     quota = _checked(data.quota or Quota())
     return _tenant_out(await _rt(state).store.create_tenant(data.name, quota))
 
 
-@get("/tenants")
+@get("/tenants", responses=ADMIN_ERRORS)
 async def list_tenants(state: State) -> TenantList:
     return TenantList(data=[_tenant_out(t) for t in await _rt(state).store.list_tenants()])
 
 
-@get("/tenants/{tenant_id:str}")
+@get("/tenants/{tenant_id:str}", responses=ADMIN_ERRORS)
 async def get_tenant(tenant_id: str, state: State) -> TenantOut:
     return _tenant_out(await _rt(state).store.get_tenant(TenantId(tenant_id)))
 
 
-@patch("/tenants/{tenant_id:str}")
+@patch("/tenants/{tenant_id:str}", responses=ADMIN_ERRORS)
 async def patch_tenant(tenant_id: str, data: TenantPatch, state: State) -> TenantOut:
     return _tenant_out(await _rt(state).store.rename_tenant(TenantId(tenant_id), data.name))
 
 
-@delete("/tenants/{tenant_id:str}", status_code=204)
+@delete("/tenants/{tenant_id:str}", status_code=204, responses=ADMIN_ERRORS)
 async def delete_tenant(tenant_id: str, state: State) -> None:
     rt = _rt(state)
     await rt.store.delete_tenant(TenantId(tenant_id))
     await rt.authenticator.announce_change()
 
 
-@post("/tenants/{tenant_id:str}/keys", status_code=201)
+@post("/tenants/{tenant_id:str}/keys", status_code=201, responses=ADMIN_ERRORS)
 async def create_key(tenant_id: str, state: State, data: KeyIn | None = None) -> KeyCreated:
     rt = _rt(state)
     expires_at = data.expires_at if data else None
@@ -116,14 +118,14 @@ async def create_key(tenant_id: str, state: State, data: KeyIn | None = None) ->
     )
 
 
-@get("/tenants/{tenant_id:str}/keys")
+@get("/tenants/{tenant_id:str}/keys", responses=ADMIN_ERRORS)
 async def list_keys(tenant_id: str, state: State) -> KeyList:
     rt = _rt(state)
     await rt.store.get_tenant(TenantId(tenant_id))
     return KeyList(data=[_key_out(k) for k in await rt.store.list_keys(TenantId(tenant_id))])
 
 
-@delete("/keys/{key_id:str}", status_code=200)
+@delete("/keys/{key_id:str}", status_code=200, responses=ADMIN_ERRORS)
 async def revoke_key(key_id: str, state: State) -> KeyOut:
     rt = _rt(state)
     key = await rt.store.revoke_key(KeyId(key_id))
@@ -131,7 +133,7 @@ async def revoke_key(key_id: str, state: State) -> KeyOut:
     return _key_out(key)
 
 
-@post("/keys/{key_id:str}/roll", status_code=201)
+@post("/keys/{key_id:str}/roll", status_code=201, responses=ADMIN_ERRORS)
 async def roll_key(key_id: str, state: State, data: KeyRollIn | None = None) -> KeyRolled:
     """Issue a successor key (shown once); the old key keeps working for `overlap_s` seconds, then expires."""
     rt = _rt(state)
@@ -155,12 +157,12 @@ async def roll_key(key_id: str, state: State, data: KeyRollIn | None = None) -> 
     )
 
 
-@get("/tenants/{tenant_id:str}/quota")
+@get("/tenants/{tenant_id:str}/quota", responses=ADMIN_ERRORS)
 async def get_quota(tenant_id: str, state: State) -> Quota:
     return (await _rt(state).store.get_tenant(TenantId(tenant_id))).quota
 
 
-@put("/tenants/{tenant_id:str}/quota")
+@put("/tenants/{tenant_id:str}/quota", responses=ADMIN_ERRORS)
 async def put_quota(tenant_id: str, data: QuotaIn, state: State) -> Quota:
     rt = _rt(state)
     tenant = await rt.store.put_quota(TenantId(tenant_id), _checked(data))
@@ -168,7 +170,7 @@ async def put_quota(tenant_id: str, data: QuotaIn, state: State) -> Quota:
     return tenant.quota
 
 
-@get("/tenants/{tenant_id:str}/usage")
+@get("/tenants/{tenant_id:str}/usage", responses=ADMIN_ERRORS)
 async def tenant_usage(
     tenant_id: str, state: State, since: dt.datetime | None = None, until: dt.datetime | None = None
 ) -> UsageOut:
@@ -187,6 +189,7 @@ async def tenant_usage(
 admin_router = Router(
     path="/admin",
     guards=[require_admin],
+    security=ADMIN_SECURITY,
     route_handlers=[
         create_tenant,
         list_tenants,

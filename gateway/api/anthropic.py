@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from gateway.adapters.messages_over_chat import error_body
+from gateway.api.openapi_docs import TokenCount, anthropic_responses
 from gateway.context import RequestContext
 from gateway.errors import to_gateway_error
 from gateway.pipeline.account import finish
@@ -22,7 +23,13 @@ from gateway.pipeline.messages import anthropic_client_headers, count_tokens, ru
 from gateway.runtime import Runtime
 
 
-@post("/v1/messages", status_code=200, summary="Create a message (Anthropic Messages API)", request_class=Request)
+@post(
+    "/v1/messages",
+    status_code=200,
+    summary="Create a message (Anthropic Messages API)",
+    request_class=Request,
+    responses=anthropic_responses(),
+)
 async def create_message(request: Request[None, None, State]) -> Response[Any]:
     """Anthropic `POST /v1/messages`, non-streaming or SSE, in front of any upstream."""
     rt: Runtime = request.app.state.runtime
@@ -42,7 +49,13 @@ async def create_message(request: Request[None, None, State]) -> Response[Any]:
     return Response(reply.body, status_code=200, headers=headers, media_type="application/json")
 
 
-@post("/v1/messages/count_tokens", status_code=200, summary="Count a message's input tokens", request_class=Request)
+@post(
+    "/v1/messages/count_tokens",
+    status_code=200,
+    summary="Count a message's input tokens",
+    request_class=Request,
+    responses=anthropic_responses(TokenCount),
+)
 async def count_message_tokens(request: Request[None, None, State]) -> Response[bytes]:
     """Anthropic `POST /v1/messages/count_tokens` (Claude Code calls it); not charged, not sent upstream."""
     rt: Runtime = request.app.state.runtime

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.response import Stream
 
 from gateway.accounting.usage import month_start, quota_remaining, usage_summary
+from gateway.api.openapi_docs import Deleted, FeedbackAck, openai_responses
 from gateway.context import RequestContext
 from gateway.errors import NotFoundError, error_body, to_gateway_error
 from gateway.feedback import Feedback
@@ -22,6 +23,7 @@ from gateway.pipeline.decode import decode_typed
 from gateway.pipeline.embed import run_embeddings
 from gateway.pipeline.responses import run_responses
 from gateway.runtime import Runtime
+from gateway.schema.admin import UsageOut
 from gateway.schema.openai import ModelCard, ModelList
 
 
@@ -36,7 +38,13 @@ def error_response(exc: BaseException, ctx: RequestContext) -> Response[bytes]:
     return Response(error_body(error), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
-@post("/v1/chat/completions", status_code=200, summary="Create a chat completion", request_class=Request)
+@post(
+    "/v1/chat/completions",
+    status_code=200,
+    summary="Create a chat completion",
+    request_class=Request,
+    responses=openai_responses(),
+)
 async def chat_completions(  # served by `hot_path.HotPath` in front of litestar; this handler documents it
     request: Request[None, None, State],
 ) -> Response[Any]:
@@ -44,19 +52,31 @@ async def chat_completions(  # served by `hot_path.HotPath` in front of litestar
     return await _serve(request, run_chat)
 
 
-@post("/v1/embeddings", status_code=200, summary="Create embeddings", request_class=Request)
+@post(
+    "/v1/embeddings",
+    status_code=200,
+    summary="Create embeddings",
+    request_class=Request,
+    responses=openai_responses(),
+)
 async def embeddings(request: Request[None, None, State]) -> Response[Any]:
     """OpenAI `createEmbedding`: `float` or `base64` vectors (the openai SDK asks for base64)."""
     return await _serve(request, run_embeddings)
 
 
-@post("/v1/responses", status_code=200, summary="Create a model response (Responses API)", request_class=Request)
+@post(
+    "/v1/responses",
+    status_code=200,
+    summary="Create a model response (Responses API)",
+    request_class=Request,
+    responses=openai_responses(),
+)
 async def create_response(request: Request[None, None, State]) -> Response[Any]:
     """OpenAI `createResponse`, non-streaming or with its typed SSE events, through the chat pipeline."""
     return await _serve(request, run_responses)
 
 
-@get("/v1/responses/{response_id:str}", summary="Get a stored model response")
+@get("/v1/responses/{response_id:str}", summary="Get a stored model response", responses=openai_responses())
 async def get_response(request: Request[None, None, State], response_id: str) -> Response[bytes]:
     rt = _runtime(request.app.state)
     ctx = RequestContext(request.scope["state"]["request_id"])
@@ -70,7 +90,12 @@ async def get_response(request: Request[None, None, State], response_id: str) ->
     return Response(msgspec.json.encode(stored.response), media_type="application/json")
 
 
-@delete("/v1/responses/{response_id:str}", status_code=200, summary="Delete a stored model response")
+@delete(
+    "/v1/responses/{response_id:str}",
+    status_code=200,
+    summary="Delete a stored model response",
+    responses=openai_responses(Deleted),
+)
 async def delete_response(request: Request[None, None, State], response_id: str) -> Response[bytes]:
     rt = _runtime(request.app.state)
     ctx = RequestContext(request.scope["state"]["request_id"])
@@ -107,7 +132,13 @@ def _reply_response(reply: Reply) -> Response[Any]:
     return Response(reply.body, status_code=200, headers=headers, media_type="application/json")
 
 
-@post("/v1/feedback", status_code=200, summary="Rate an answer (feedback for routing)", request_class=Request)
+@post(
+    "/v1/feedback",
+    status_code=200,
+    summary="Rate an answer (feedback for routing)",
+    request_class=Request,
+    responses=openai_responses(FeedbackAck),
+)
 async def rate_answer(request: Request[None, None, State]) -> Response[bytes]:
     """Sluice's own: `{"request_id", "rating": "good"|"bad", "comment"?}` for a response this tenant received;
     confidence routes learn from it (`sluice router train --from-feedback`)."""
@@ -127,7 +158,7 @@ async def rate_answer(request: Request[None, None, State]) -> Response[bytes]:
 _feedback_decoder = msgspec.json.Decoder(Feedback)
 
 
-@get("/v1/models", summary="List the models this key may call")
+@get("/v1/models", summary="List the models this key may call", responses=openai_responses(ModelList))
 async def list_models(request: Request[None, None, State], state: State) -> Response[bytes]:
     rt = _runtime(state)
     ctx = RequestContext(request.scope["state"]["request_id"])
@@ -139,7 +170,7 @@ async def list_models(request: Request[None, None, State], state: State) -> Resp
     return Response(msgspec.json.encode(ModelList(data=cards)), media_type="application/json")
 
 
-@get("/v1/usage", summary="The calling tenant's own usage this month")
+@get("/v1/usage", summary="The calling tenant's own usage this month", responses=openai_responses(UsageOut))
 async def own_usage(request: Request[None, None, State], state: State) -> Response[bytes]:
     rt = _runtime(state)
     ctx = RequestContext(request.scope["state"]["request_id"])

@@ -19,20 +19,35 @@ QuotaIn = Quota
 """The admin API takes the quota Struct itself: typed, ranged, unknown fields refused."""
 
 
-def check_quota(quota: Quota) -> str | None:
-    """The first reason the quota is invalid beyond its types (budgets must not be negative), or None."""
+def check_quota(quota: Quota) -> tuple[str, str] | None:
+    """(param, message) for the first way the quota is invalid beyond its types, or None."""
     if any(budget < 0 for budget in quota.budgets()):
-        return "budget_usd"
+        return "budget_usd", "Budgets must not be negative."
+    for param, names in (("keys", quota.keys), ("models", quota.models)):
+        if any("\x00" in name for name in names):  # Postgres refuses NUL in jsonb (it was a 500)
+            return param, f"`{param}` names must not contain NUL (\\u0000)."
     return None
+
+
+def check_name(name: str) -> None:
+    """Postgres refuses NUL in text (it was a 500); every other character round-trips byte for byte."""
+    if "\x00" in name:
+        raise ValueError("a tenant name must not contain NUL (\\u0000)")
 
 
 class TenantIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: TenantName
     quota: QuotaIn | None = None
 
+    def __post_init__(self) -> None:
+        check_name(self.name)
+
 
 class TenantPatch(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: TenantName
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
 
 
 class KeyIn(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

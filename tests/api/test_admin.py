@@ -294,3 +294,32 @@ async def test_patch_with_a_field_beyond_name_is_400_and_leaves_the_tenant_uncha
     error = assert_openai_error(response, 400)
     assert error["type"] == "invalid_request_error"
     assert (await gateway.admin.get(f"/admin/tenants/{tenant['id']}")).json() == tenant
+
+
+@pytest.mark.parametrize("name", ["\u0000\U000898a2", "a\u0000b", "\u0000"])
+async def test_a_tenant_name_with_nul_is_400_and_creates_or_renames_nothing(gateway: Gateway, name: str) -> None:
+    """Found by Schemathesis (T20): a NUL in the name reached Postgres, which refuses it in text, and was a 500."""
+    before = (await gateway.admin.get("/admin/tenants")).json()
+    error = assert_openai_error(await gateway.admin.post("/admin/tenants", json={"name": name}), 400)
+    assert "must not contain NUL" in error["message"]
+    assert (await gateway.admin.get("/admin/tenants")).json() == before
+    tenant = await gateway.create_tenant("unchanged")
+    assert_openai_error(await gateway.admin.patch(f"/admin/tenants/{tenant['id']}", json={"name": name}), 400)
+    assert (await gateway.admin.get(f"/admin/tenants/{tenant['id']}")).json() == tenant
+
+
+@pytest.mark.parametrize(
+    "quota",
+    [{"models": {"gpt\u0000": {"rpm": 1}}}, {"keys": {"\u0000": {"rpm": 1}}}],
+    ids=["model-name", "key-name"],
+)
+async def test_a_quota_naming_a_model_or_key_with_nul_is_400_and_changes_nothing(
+    gateway: Gateway, quota: dict[str, Any]
+) -> None:
+    """Postgres refuses NUL in jsonb: found while probing T20's failure, it was a 500 on both routes."""
+    tenant = await gateway.create_tenant("quota-nul", rpm=5)
+    before = (await gateway.admin.get(f"/admin/tenants/{tenant['id']}/quota")).json()
+    error = assert_openai_error(await gateway.admin.put(f"/admin/tenants/{tenant['id']}/quota", json=quota), 400)
+    assert error["param"] in {"models", "keys"} and "NUL" in error["message"]
+    assert (await gateway.admin.get(f"/admin/tenants/{tenant['id']}/quota")).json() == before
+    assert_openai_error(await gateway.admin.post("/admin/tenants", json={"name": "new", "quota": quota}), 400)

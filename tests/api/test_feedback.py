@@ -103,8 +103,9 @@ async def test_rated_small_answers_train_a_scorer_and_other_tenants_ratings_are_
         {"request_id": str(uuid.uuid4()), "rating": "good", "stars": 5},
         {"request_id": str(uuid.uuid4()), "rating": "good", "comment": "x" * 2001},
         {"rating": "good"},
+        {"request_id": str(uuid.uuid4()), "rating": "good", "comment": "a\u0000b"},
     ],
-    ids=["bad-id", "bad-rating", "unknown-field", "long-comment", "no-id"],
+    ids=["bad-id", "bad-rating", "unknown-field", "long-comment", "no-id", "nul-comment"],
 )
 async def test_bad_feedback_is_a_clear_400(routed: Gateway, body: dict[str, object]) -> None:
     _, key = await routed.tenant_key()
