@@ -44,6 +44,7 @@ from gateway.api.openai import (
 )
 from gateway.api.openapi_docs import COMPONENTS, TENANT_SECURITY
 from gateway.api.ops import healthz, metrics, readyz
+from gateway.api.options_allow import AllowEveryMethod
 from gateway.errors import error_body, to_gateway_error
 from gateway.feedback import FeedbackStore
 from gateway.observability.metrics import LabelBounds, Metrics
@@ -187,6 +188,7 @@ def create_app(
         lifespan=[lifespan],
         middleware=[RequestIdMiddleware(), InputLimitsMiddleware()],
         exception_handlers={Exception: _error_handler},
+        before_send=[AllowEveryMethod()],
         request_max_body_size=config.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Sluice",

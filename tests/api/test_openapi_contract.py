@@ -11,6 +11,7 @@ gateway; and the tables-unchanged-by-rejections check is per request, which the 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from pathlib import Path
 
@@ -44,6 +45,21 @@ async def test_the_schema_lists_exactly_the_routes_the_gateway_serves(gateway: G
     assert document["security"] == [{"TenantKey": []}]
     admin = [op for path, ops in document["paths"].items() if path.startswith("/admin") for op in ops.values()]
     assert admin and all(op["security"] == [{"AdminToken": []}] for op in admin)
+
+
+async def test_options_lists_every_method_a_path_serves(gateway: Gateway) -> None:
+    """litestar 2 built the automatic OPTIONS answer from the first handler on a path (litestar#4169): `GET` and
+    `DELETE /v1/responses/{id}` answered `Allow: GET, OPTIONS`, found by Schemathesis."""
+    _, key = await gateway.tenant_key()
+    routes = [r for r in gateway.app.app.routes if isinstance(r, HTTPRoute) and not r.path.startswith("/schema")]
+    assert any(len(route.methods - {"OPTIONS", "HEAD"}) > 1 for route in routes), "some path serves several methods"
+    async with httpx.AsyncClient(base_url=gateway.base) as client:
+        for route in routes:
+            path = re.sub(r"\{[^}]+\}", "x", route.path)
+            token = ADMIN_TOKEN if path.startswith("/admin") else key
+            response = await client.options(path, headers={"authorization": f"Bearer {token}"})
+            assert response.status_code == 204, path
+            assert set(response.headers["allow"].split(", ")) == route.methods, path
 
 
 async def test_schemathesis_finds_no_server_error_ignored_auth_or_undocumented_shape(
